@@ -1,0 +1,162 @@
+"""The ``flowgauge`` command: the composition root, the only module that imports both the
+harness and the implementations. Heavy imports (torch) happen inside the commands, so
+``flowgauge --help`` returns at once.
+
+Exit status: 0 success; 1 a run failed (a harness or implementation error, recorded);
+2 bad input (spec errors, unknown names, bad arguments); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_FAILED_RUNS = 1
+EXIT_USER_ERROR = 2
+
+LIST_KINDS = ("methods", "datasets", "samplers", "metrics", "suites", "hardware", "solvers", "networks",
+              "optimizers")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowgauge",
+        description="Benchmark and reproducibility harness for flow-based generative models.",
+    )
+    parser.add_argument("--specs", type=Path, default=None,
+                        help="specs root (default: $FLOWGAUGE_SPECS, else ./specs)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a suite and print its leaderboard")
+    run.add_argument("suite", nargs="?", default="quickstart", help="suite name under specs/suites/ or a path")
+    run.add_argument("--results", type=Path, default=None, help="results directory (default results/runs/<suite>/)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a spec value, e.g. budget.train.steps=100 or methods.icfm.params.sigma=0.1")
+    run.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--dry-run", action="store_true", help="print the run plan and exit")
+
+    validate = sub.add_parser("validate", help="check spec files without running anything")
+    validate.add_argument("paths", nargs="+", type=Path, metavar="SPEC")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    lst = sub.add_parser("list", help="list what specs and registries provide")
+    lst.add_argument("kind", choices=LIST_KINDS)
+
+    board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
+    board.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    board.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
+    board.add_argument("--rank-by", default=None, help="metric to rank by (default: the suite's rank_by)")
+    return parser
+
+
+def _load_registries() -> None:
+    import harness.metrics  # noqa: F401  registers the metrics
+    import implementations  # noqa: F401  registers methods, networks, datasets, solvers, optimisers
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _load_registries()
+    from harness.leaderboard import leaderboard
+    from harness.plan import make_plan
+    from harness.resolve import load_suite
+    from harness.runner import Runner
+
+    suite = load_suite(args.suite, args.overrides, root=args.specs)
+    plan = make_plan(suite)
+    results = args.results or Path("results") / "runs" / suite.name
+    print(f"suite {suite.name}: {len(plan.trainings)} trainings, {plan.num_evals} evaluations "
+          f"on {suite.hardware.name} ({suite.hardware.device}) -> {results}", file=sys.stderr)
+    if args.dry_run:
+        for job in plan.trainings:
+            for e in plan.evals[job.key]:
+                print(f"{e.label}  train={job.key}  record={e.key}")
+        return 0
+    summary = Runner(results, progress=not args.no_progress).run(plan)
+    print(leaderboard(results, args.format))
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
+    print(f"\n{counts}; records in {results / 'records'}", file=sys.stderr)
+    return EXIT_FAILED_RUNS if summary.counts.get("failed") else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    _load_registries()
+    from harness.resolve import Override, Resolver
+    from harness.source import display_path
+
+    overrides = [Override.parse(text) for text in args.overrides]
+    for path in args.paths:
+        spec = Resolver(args.specs, overrides).validate_file(path)
+        print(f"{display_path(path)}: ok ({type(spec).__name__.removesuffix('Spec').lower()} {spec.name!r})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.kind in ("metrics", "solvers", "networks", "optimizers"):
+        _load_registries()
+        from harness import registry as reg
+
+        if args.kind == "metrics":
+            for name, m in reg.METRICS.items():
+                print(f"{name:20s} {m.label:28s} {m.description}")
+        else:
+            registry = {"solvers": reg.SOLVERS, "networks": reg.NETWORKS, "optimizers": reg.OPTIMIZERS}[args.kind]
+            for name, entry in registry.items():
+                doc = (entry.__doc__ or "").strip().splitlines()
+                print(f"{name:20s} {doc[0] if doc else ''}")
+        return 0
+    import yaml
+
+    from harness.resolve import default_specs_root
+
+    root = args.specs or default_specs_root()
+    detail = {"methods": "implementation", "datasets": "implementation", "samplers": "solver",
+              "hardware": "device", "suites": None}[args.kind]
+    for path in sorted((root / args.kind).glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            data = {}
+        extra = f"[{data.get(detail, '?')}]" if detail and isinstance(data, dict) else ""
+        desc = data.get("description", "") if isinstance(data, dict) else ""
+        print(f"{path.stem:24s} {extra:18s} {desc}".rstrip())
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    _load_registries()
+    from harness.errors import SpecError
+    from harness.leaderboard import leaderboard, leaderboard_options
+    from harness.registry import did_you_mean
+
+    if not (args.results / "records").is_dir():
+        raise SpecError(f"no records folder in {args.results} (expected {args.results / 'records'}/*.json)")
+    if args.rank_by is not None:
+        metrics, _, _ = leaderboard_options(args.results)
+        if metrics and args.rank_by not in metrics:
+            raise SpecError(f"--rank-by: {args.rank_by!r} is not a metric of these records"
+                            + did_you_mean(args.rank_by, metrics))
+    print(leaderboard(args.results, args.format, args.rank_by))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from harness.errors import SpecError
+
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as err:
+        print(f"error: {err}" if err.loc is None else str(err), file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; finished records are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Errors a user can cause, each carrying the place in a spec file that caused it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Loc:
+    """A place in a spec: a file (or ``--set``) and a 1-based line (0 when unknown)."""
+
+    file: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+class SpecError(Exception):
+    """A mistake in user input. The CLI prints ``str(err)`` on one line and exits 2."""
+
+    def __init__(self, message: str, loc: Loc | None = None):
+        super().__init__(message)
+        self.message = message
+        self.loc = loc
+
+    def __str__(self) -> str:
+        return f"{self.loc}: {self.message}" if self.loc else self.message
+
+
+class UnknownNameError(SpecError, KeyError):
+    """A name that no registry entry has; the message suggests the closest names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return SpecError.__str__(self)

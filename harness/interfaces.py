@@ -1,0 +1,91 @@
+"""The contracts between the harness and the reference implementations.
+
+A method is a small class with ``loss`` and ``sample``; a solver integrates any
+``velocity(x, t)`` callable; a dataset knows its source and target distributions and
+its own exact reference sampler. Every registered entry declares ``Params``, a frozen
+pydantic model of what a spec may set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+Velocity = Callable[[Tensor, Tensor], Tensor]
+"""``velocity(x, t)`` with x of shape (batch, *dims) and t a 0-d tensor or shape (batch,)."""
+
+
+class Params(BaseModel):
+    """Base for every implementation's parameter model: frozen, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Batch:
+    """One training minibatch: source samples ``x_0`` and target (data) samples ``x_1``.
+
+    Shapes: (batch, *dims). Couplings may re-pair them; the harness draws them independently.
+    """
+
+    x_0: Tensor
+    x_1: Tensor
+
+
+@dataclass
+class Solution:
+    """What a solver (and so a method's ``sample``) returns.
+
+    Attributes:
+        x: final state, shape (batch, *dims).
+        times: the times at which ``trajectory`` was recorded (first is t0, last is t1).
+        trajectory: states at ``times`` when recording was asked for, else empty.
+        steps: accepted solver steps.
+        rejected_steps: rejected steps (adaptive solvers only).
+    """
+
+    x: Tensor
+    steps: int
+    times: list[float] = field(default_factory=list)
+    trajectory: list[Tensor] = field(default_factory=list)
+    rejected_steps: int = 0
+
+
+@runtime_checkable
+class Solver(Protocol):
+    Params: ClassVar[type[Params]]
+    nfe_convention: ClassVar[str]
+
+    def solve(self, velocity: Velocity, x_0: Tensor, t_0: float = 0.0, t_1: float = 1.0,
+              record: bool = False) -> Solution: ...
+
+
+@runtime_checkable
+class Method(Protocol):
+    Params: ClassVar[type[Params]]
+
+    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
+        """Scalar training loss on one batch."""
+
+    def sample(self, model: Callable, x_0: Tensor, solver: Solver,
+               generator: torch.Generator, record: bool = False) -> Solution:
+        """Map source samples ``x_0`` to generated samples (``Solution.x``)."""
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    Params: ClassVar[type[Params]]
+    shape: tuple[int, ...]
+
+    def sample_source(self, n: int, generator: torch.Generator) -> Tensor: ...
+
+    def sample_target(self, n: int, generator: torch.Generator) -> Tensor:
+        """Fresh samples of the target (data) distribution: the exact reference sampler."""
+
+    def train_split(self, generator: torch.Generator) -> Tensor | None:
+        """A fixed training set, or None to train on fresh target samples every step."""

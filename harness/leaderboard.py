@@ -1,0 +1,208 @@
+"""Leaderboard tables from a directory of records.
+
+Records → one DataFrame → mean ± std over seeds per (dataset, method, sampler) → one
+table per dataset, ranked by the suite's ``rank_by`` metric in its own direction, units
+in the headers and the best value of each column marked. One table model renders to
+GitHub markdown, LaTeX (booktabs), HTML and CSV.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.registry import METRICS
+
+FORMATS = ("markdown", "latex", "html", "csv")
+STATUS_ORDER = {"ok": 0, "diverged": 1, "failed": 2}
+
+
+@dataclass
+class Cell:
+    mean: float | None
+    std: float | None
+    n: int
+    best: bool = False
+
+
+@dataclass
+class Row:
+    method: str
+    sampler: str
+    seeds: int
+    status: str  # "ok", or the worst status among the seeds
+    cells: dict[str, Cell]
+
+
+@dataclass
+class Table:
+    dataset: str
+    metrics: list[str]
+    rank_by: str
+    rows: list[Row]
+
+
+def _direction(name: str) -> bool:
+    """True when higher is better; metrics unknown to this version rank lower-is-better."""
+    return METRICS.get(name).higher_is_better if name in METRICS else False
+
+
+def header(name: str) -> str:
+    return METRICS.get(name).label if name in METRICS else name
+
+
+def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
+    """Aggregate over seeds and rank; ``frame`` comes from ``results.records_frame``."""
+    tables = []
+    if frame.empty:
+        return tables
+    for dataset, by_dataset in frame.groupby("dataset", sort=True):
+        rows = []
+        for (method, sampler), group in by_dataset.groupby(["method", "sampler"], sort=False):
+            ok = group[group["status"] == "ok"]
+            worst = max(group["status"], key=lambda s: STATUS_ORDER.get(s, 3))
+            cells = {}
+            for m in metrics:
+                values = ok[m].dropna().astype(float) if m in ok else []
+                n = len(values)
+                mean = float(values.mean()) if n else None
+                std = float(values.std(ddof=1)) if n > 1 else None
+                cells[m] = Cell(mean, std, n)
+            rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells))
+        higher = _direction(rank_by)
+
+        def rank_key(row: Row) -> tuple:
+            v = row.cells[rank_by].mean if rank_by in row.cells else None
+            missing = v is None or not math.isfinite(v)
+            return (missing, 0.0 if missing else (-v if higher else v), row.method, row.sampler)
+
+        rows.sort(key=rank_key)
+        for m in metrics:
+            vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
+            if not vals:
+                continue
+            best = max(vals) if _direction(m) else min(vals)
+            if len(set(vals)) == 1 and len(vals) > 1:
+                continue  # a column where every row ties marks nothing
+            for r in rows:
+                r.cells[m].best = r.cells[m].mean == best
+        tables.append(Table(str(dataset), metrics, rank_by, rows))
+    return tables
+
+
+def format_number(v: float | None, precision: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if float(v).is_integer() and abs(v) < 1e6:
+        return str(int(v))
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.{precision}g}"
+
+
+def _cell_text(cell: Cell, precision: int, bold: tuple[str, str]) -> str:
+    text = format_number(cell.mean, precision)
+    if cell.std is not None:
+        text += f" ± {format_number(cell.std, 2)}"
+    return f"{bold[0]}{text}{bold[1]}" if cell.best else text
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text).replace("±", r"$\pm$").replace("—", "--")
+
+
+def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> str:
+    """Render tables; ``csv`` gives raw means and stds, one line per (dataset, method, sampler)."""
+    from tabulate import tabulate
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return _render_csv(tables)
+    bold = {"markdown": ("**", "**"), "latex": (r"\textbf{", "}"), "html": ("<b>", "</b>")}[fmt]
+    parts = []
+    for table in tables:
+        headers = ["#", "method", "sampler", "seeds"] + [header(m) for m in table.metrics]
+        body = []
+        for i, row in enumerate(table.rows, 1):
+            if row.status != "ok":
+                metric_cells = [row.status] + ["—"] * (len(table.metrics) - 1)
+            else:
+                metric_cells = [_cell_text(row.cells[m], precision, bold) for m in table.metrics]
+            body.append([i if row.status == "ok" else "—", row.method, row.sampler, row.seeds, *metric_cells])
+        if fmt == "markdown":
+            title = f"### {table.dataset}  (ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds)"
+            parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True))
+        elif fmt == "latex":
+            esc = [[_latex_escape(str(c)) if not str(c).startswith("\\textbf") else
+                    "\\textbf{" + _latex_escape(str(c)[8:-1]) + "}" for c in r] for r in body]
+            text = tabulate(esc, [_latex_escape(h).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$")
+                                  for h in headers], tablefmt="latex_raw", disable_numparse=True)
+            lines = text.splitlines()
+            hlines = [i for i, line in enumerate(lines) if line.strip() == r"\hline"]
+            for i, rule in zip(hlines, (r"\toprule", r"\midrule", r"\bottomrule")):
+                lines[i] = rule
+            parts.append(f"% {table.dataset}: ranked by {table.rank_by}; best in bold\n" + "\n".join(lines))
+        else:
+            esc = [[html.escape(str(c)).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for c in r]
+                   for r in body]
+            parts.append(f"<h3>{html.escape(table.dataset)}</h3>\n"
+                         + tabulate(esc, [html.escape(h) for h in headers], tablefmt="unsafehtml"))
+    return "\n\n".join(parts)
+
+
+def _render_csv(tables: list[Table]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    metrics = tables[0].metrics if tables else []
+    writer.writerow(["dataset", "rank", "method", "sampler", "seeds", "status",
+                     *[f"{m}_{s}" for m in metrics for s in ("mean", "std")]])
+    for table in tables:
+        for i, row in enumerate(table.rows, 1):
+            values = []
+            for m in metrics:
+                c = row.cells[m]
+                values += ["" if c.mean is None else repr(c.mean), "" if c.std is None else repr(c.std)]
+            writer.writerow([table.dataset, i, row.method, row.sampler, row.seeds, row.status, *values])
+    return out.getvalue().rstrip("\n")
+
+
+def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
+    """(metrics, rank_by, precision) from the suite that wrote ``results_dir``."""
+    path = results_dir / "suite.json"
+    if path.is_file():
+        suite = json.loads(path.read_text())["suite"]
+        lb = suite.get("leaderboard", {})
+        metrics = lb.get("columns") or [m["name"] for m in suite.get("metrics", [])]
+        return metrics, lb.get("rank_by", metrics[0]), lb.get("precision", 4)
+    return [], "w2", 4
+
+
+def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None) -> str:
+    from harness.results import read_records, records_frame
+
+    records = read_records(results_dir)
+    if not records:
+        return f"no records under {results_dir / 'records'}"
+    frame = records_frame(records)
+    metrics, default_rank, precision = leaderboard_options(results_dir)
+    if not metrics:
+        fixed = {"key", "suite", "dataset", "method", "sampler", "seed", "status"}
+        metrics = [c for c in frame.columns if c not in fixed]
+    rank = rank_by or default_rank
+    if rank not in metrics:
+        metrics = [rank, *metrics]
+    for m in metrics:
+        if m not in frame:
+            frame[m] = None
+    return render(build_tables(frame, metrics, rank), fmt, precision)

@@ -1,0 +1,127 @@
+"""Expand a resolved suite into a run plan: datasets × methods × seeds trainings, each
+evaluated with every sampler. Every job carries its canonical spec and a stable key.
+
+The training key hashes only what changes training (dataset, method, hardware, training
+budget, seed; not names or descriptions), so adding a sampler or a metric, or renaming a
+spec, reuses the trained model. The record key adds the evaluation part and the names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.spec import (
+    DatasetSpec,
+    EvalBudget,
+    HardwareSpec,
+    MethodSpec,
+    MetricSpec,
+    SamplerSpec,
+    SuiteSpec,
+    TrainBudget,
+)
+
+DESCRIPTIVE = {"name", "description", "paper"}
+
+
+def canonical(obj: Any) -> Any:
+    """A JSON value with sorted keys: pydantic models dumped, defaults filled in."""
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def spec_hash(obj: Any) -> str:
+    text = json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _training_part(spec: Any) -> dict:
+    return {k: v for k, v in canonical(spec).items() if k not in DESCRIPTIVE}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    seed: int
+    dataset: DatasetSpec
+    method: MethodSpec
+    hardware: HardwareSpec
+    budget: TrainBudget
+
+    @property
+    def spec(self) -> dict:
+        """The canonical training part: everything that changes the trained weights."""
+        return {
+            "dataset": _training_part(self.dataset),
+            "method": _training_part(self.method),
+            "hardware": _training_part(self.hardware),
+            "budget": canonical(self.budget),
+            "seed": self.seed,
+        }
+
+    @property
+    def key(self) -> str:
+        return spec_hash(self.spec)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    train: TrainJob
+    sampler: SamplerSpec
+    metrics: tuple[MetricSpec, ...]
+    budget: EvalBudget
+    suite: str
+
+    @property
+    def spec(self) -> dict:
+        """The fully resolved spec of this (run, sampler), names and papers included."""
+        return {
+            "suite": self.suite,
+            "seed": self.train.seed,
+            "dataset": canonical(self.train.dataset),
+            "method": canonical(self.train.method),
+            "hardware": canonical(self.train.hardware),
+            "sampler": canonical(self.sampler),
+            "budget": {"train": canonical(self.train.budget), "eval": canonical(self.budget)},
+            "metrics": [canonical(m) for m in self.metrics],
+        }
+
+    @property
+    def key(self) -> str:
+        return spec_hash({"train_key": self.train.key, **self.spec})
+
+    @property
+    def label(self) -> str:
+        return f"{self.train.dataset.name}/{self.train.method.name}/{self.sampler.name}/seed{self.train.seed}"
+
+
+@dataclass
+class RunPlan:
+    suite: SuiteSpec
+    trainings: list[TrainJob] = field(default_factory=list)
+    evals: dict[str, list[EvalJob]] = field(default_factory=dict)  # by training key
+
+    @property
+    def num_evals(self) -> int:
+        return sum(len(v) for v in self.evals.values())
+
+
+def make_plan(suite: SuiteSpec) -> RunPlan:
+    plan = RunPlan(suite)
+    for dataset in suite.datasets:
+        for method in suite.methods:
+            for seed in suite.seeds:
+                job = TrainJob(seed, dataset, method, suite.hardware, suite.budget.train)
+                evals = [
+                    EvalJob(job, sampler, tuple(suite.metrics), suite.budget.eval, suite.name)
+                    for sampler in suite.samplers
+                ]
+                if job.key in plan.evals:  # two method names with identical training specs
+                    plan.evals[job.key].extend(evals)
+                    continue
+                plan.trainings.append(job)
+                plan.evals[job.key] = evals
+    return plan

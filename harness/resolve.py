@@ -1,0 +1,365 @@
+"""Resolve specs: find files by name, apply ``extends:`` and ``--set`` overrides, validate
+every part (including implementation params) and return typed, fully resolved specs.
+
+Nothing here writes a file: a suite either resolves completely or raises SpecError.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness import registry as reg
+from harness.errors import Loc, SpecError
+from harness.registry import did_you_mean
+from harness.source import KeyPath, Source, display_path, load_yaml
+from harness.spec import (
+    SPEC_KINDS,
+    DatasetSpec,
+    HardwareSpec,
+    MethodSpec,
+    MetricSpec,
+    RawSuite,
+    SamplerSpec,
+    StrictModel,
+    SuiteSpec,
+    validate,
+)
+
+# Suite fields that name other specs, and the spec kind (folder under specs/) they name.
+REFERENCE_FIELDS = {"hardware": "hardware", "datasets": "datasets", "methods": "methods", "samplers": "samplers"}
+
+
+def default_specs_root() -> Path:
+    """``$FLOWGAUGE_SPECS``, else ``./specs``, else the specs folder of this checkout."""
+    env = os.environ.get("FLOWGAUGE_SPECS")
+    if env:
+        return Path(env)
+    here = Path.cwd() / "specs"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parent.parent / "specs"
+
+
+@dataclass(frozen=True)
+class Override:
+    """One ``--set key.path=value`` from the command line."""
+
+    path: tuple[str, ...]
+    value: Any
+    text: str
+
+    @property
+    def loc(self) -> Loc:
+        return Loc(f"--set {self.text}")
+
+    @classmethod
+    def parse(cls, text: str) -> Override:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise SpecError("expected key.path=value", Loc(f"--set {text}"))
+        path = tuple(part for part in key.strip().split("."))
+        if any(not part for part in path):
+            raise SpecError(f"malformed key path {key!r}", Loc(f"--set {text}"))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        return cls(path, value, text)
+
+
+def apply_override(source: Source, path: KeyPath, value: Any, loc: Loc) -> None:
+    """Set ``path`` in ``source`` to ``value``, creating mappings on the way."""
+    node = source.data
+    for i, key in enumerate(path[:-1]):
+        if isinstance(node, list) and str(key).isdigit() and int(key) < len(node):
+            node = node[int(key)]
+            continue
+        if not isinstance(node, dict):
+            where = ".".join(map(str, path[:i])) or "the spec"
+            raise SpecError(f"cannot set {'.'.join(map(str, path))}: {where} is not a mapping", loc)
+        if not isinstance(node.get(key), (dict, list)):
+            node[key] = {}
+        node = node[key]
+    if not isinstance(node, dict):
+        raise SpecError(f"cannot set {'.'.join(map(str, path))}: its parent is not a mapping", loc)
+    node[path[-1]] = copy.deepcopy(value)
+    n = len(path)
+    for p in [p for p in source.locs if p[:n] == tuple(path)]:
+        del source.locs[p]
+    source.locs[tuple(path)] = loc
+
+
+def _merge(parent: Source, child: Source) -> Source:
+    """Deep-merge ``child`` over ``parent``: mappings merge, everything else replaces."""
+    locs = dict(parent.locs)
+
+    def merge(a: Any, b: Any, path: KeyPath) -> Any:
+        if isinstance(a, dict) and isinstance(b, dict):
+            out = dict(a)
+            for key, value in b.items():
+                out[key] = merge(a.get(key), value, (*path, key)) if key in a else value
+                if key not in a or not (isinstance(a[key], dict) and isinstance(value, dict)):
+                    for p in [p for p in locs if p[: len(path) + 1] == (*path, key)]:
+                        del locs[p]
+            return out
+        return b
+
+    data = merge(parent.data, child.data, ())
+    locs.update(child.locs)
+    return Source(data, locs, child.origin)
+
+
+class Resolver:
+    """Loads specs by kind and name from a specs root and resolves them."""
+
+    def __init__(self, root: Path | None = None, overrides: list[Override] | None = None):
+        self.root = Path(root) if root is not None else default_specs_root()
+        self.overrides = list(overrides or [])
+        self._used: set[int] = set()
+
+    # -- finding and loading files -------------------------------------------------------
+
+    def names(self, kind: str) -> list[str]:
+        folder = self.root / kind
+        return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+    def path_of(self, kind: str, name: str, loc: Loc | None) -> Path:
+        path = self.root / kind / f"{name}.yaml"
+        if not path.is_file():
+            singular = kind[:-1] if kind.endswith("s") else kind
+            msg = f"unknown {singular} {name!r} (no file {display_path(path)})" + did_you_mean(name, self.names(kind))
+            raise SpecError(msg, loc)
+        return path
+
+    def load_file(self, kind: str, path: Path, chain: tuple[str, ...] = ()) -> Source:
+        """Read a spec file of ``kind``, following ``extends:``; its name defaults to the stem."""
+        source = load_yaml(path)
+        if not isinstance(source.data, dict):
+            raise SpecError("a spec must be a mapping of keys", source.loc())
+        source.data.setdefault("name", path.stem)
+        source.locs.setdefault(("name",), source.origin)
+        return self._extend(kind, source, (*chain, str(path.resolve())))
+
+    def _extend(self, kind: str, source: Source, chain: tuple[str, ...]) -> Source:
+        parent_name = source.data.pop("extends", None)
+        if parent_name is None:
+            return source
+        loc = source.loc(("extends",))
+        if not isinstance(parent_name, str):
+            raise SpecError(f"extends: expected the name of a {kind} spec, got {parent_name!r}", loc)
+        parent_path = self.path_of(kind, parent_name, loc)
+        if str(parent_path.resolve()) in chain:
+            raise SpecError(f"extends: {parent_name!r} extends itself through a cycle", loc)
+        parent = self.load_file(kind, parent_path, chain)
+        parent.data.pop("name", None)
+        return _merge(parent, source)
+
+    # -- specs of one kind ---------------------------------------------------------------
+
+    def resolve_ref(self, kind: str, ref: Any, source: Source, path: KeyPath) -> StrictModel:
+        """Resolve ``ref`` (a name, or an inline mapping at ``path`` of ``source``)."""
+        if isinstance(ref, str):
+            spec_source = self.load_file(kind, self.path_of(kind, ref, source.loc(path)))
+        elif isinstance(ref, dict):
+            spec_source = self._extend(kind, source.sub(path), ())
+        else:
+            raise SpecError(f"expected a {kind} name or an inline spec, got {ref!r}", source.loc(path))
+        name = spec_source.data.get("name")
+        self._apply_deferred(kind, name, spec_source)
+        return self.resolve_source(kind, spec_source)
+
+    def resolve_source(self, kind: str, source: Source) -> StrictModel:
+        """Validate a spec of ``kind`` and the params of the implementations it names."""
+        model = SPEC_KINDS[kind]
+        spec = validate(model, source)
+        if kind == "methods":
+            return self._method(spec, source)
+        if kind == "datasets":
+            params = self._params(reg.DATASETS, spec.implementation, source, ("params",), ("implementation",))
+            return spec.model_copy(update={"params": params})
+        if kind == "samplers":
+            params = self._params(reg.SOLVERS, spec.solver, source, ("params",), ("solver",))
+            return spec.model_copy(update={"params": params})
+        return spec
+
+    def _method(self, spec: MethodSpec, source: Source) -> MethodSpec:
+        params = self._params(reg.METHODS, spec.implementation, source, ("params",), ("implementation",))
+        network = self._component(reg.NETWORKS, source, "network", spec.network)
+        optimizer = self._component(reg.OPTIMIZERS, source, "optimizer", spec.optimizer)
+        return spec.model_copy(update={"params": params, "network": network, "optimizer": optimizer})
+
+    def _component(self, registry: reg.Registry, source: Source, key: str, data: dict) -> dict:
+        """A ``{name: ..., **params}`` mapping such as ``network:`` or ``optimizer:``."""
+        if "name" not in data:
+            raise SpecError(f"{key}.name: required key is missing", source.loc((key,)))
+        name = data["name"]
+        entry = registry.get(name, source.loc((key, "name")))
+        rest = {k: v for k, v in data.items() if k != "name"}
+        sub = source.sub((key,)) if key in source.data else Source(data, {}, source.loc((key,)))
+        params = validate(entry.Params, Source(rest, sub.locs, sub.origin), prefix=(key,))
+        return {"name": name, **params.model_dump(mode="json")}
+
+    def _params(
+        self, registry: reg.Registry, name: str, source: Source, key: KeyPath, name_key: KeyPath
+    ) -> dict:
+        entry = registry.get(name, source.loc(name_key))
+        if key[0] in source.data:
+            sub = source.sub(key)
+        else:
+            sub = Source({}, {}, source.loc(name_key))
+        return validate(entry.Params, sub, prefix=key).model_dump(mode="json")
+
+    # -- overrides -----------------------------------------------------------------------
+
+    def _apply_deferred(self, kind: str, name: str | None, source: Source) -> None:
+        for i, ov in enumerate(self.overrides):
+            target = _deferred_target(ov)
+            if target is None:
+                continue
+            ov_kind, ov_name, rest = target
+            if ov_kind == kind and (ov_name is None or ov_name == name):
+                apply_override(source, rest, ov.value, ov.loc)
+                self._used.add(i)
+
+    # -- suites --------------------------------------------------------------------------
+
+    def find_suite(self, ref: str) -> Path:
+        path = Path(ref)
+        if path.suffix in (".yaml", ".yml") or os.sep in ref:
+            if not path.is_file():
+                raise SpecError("file not found", Loc(display_path(path)))
+            return path
+        return self.path_of("suites", ref, None)
+
+    def suite(self, ref: str) -> SuiteSpec:
+        """Resolve a suite given by name (``quickstart``) or path."""
+        path = self.find_suite(ref)
+        source = self.load_file("suites", path)
+        for i, ov in enumerate(self.overrides):
+            if _deferred_target(ov) is None:
+                apply_override(source, ov.path, ov.value, ov.loc)
+                self._used.add(i)
+        raw: RawSuite = validate(RawSuite, source)
+
+        hardware = self.resolve_ref("hardware", raw.hardware, source, ("hardware",))
+        resolved: dict[str, list] = {}
+        for key in ("datasets", "methods", "samplers"):
+            items = []
+            seen: dict[str, int] = {}
+            for i, ref in enumerate(getattr(raw, key)):
+                spec = self.resolve_ref(key, ref, source, (key, i))
+                if spec.name in seen:
+                    raise SpecError(
+                        f"{key}[{i}]: {spec.name!r} is listed twice (also {key}[{seen[spec.name]}])",
+                        source.loc((key, i)),
+                    )
+                seen[spec.name] = i
+                items.append(spec)
+            resolved[key] = items
+        metrics = self._metrics(raw, source)
+        self._check_unused(resolved)
+        self._check_leaderboard(raw, metrics, source)
+        if len(set(raw.seeds)) != len(raw.seeds):
+            raise SpecError(f"seeds: duplicate seed in {raw.seeds}", source.loc(("seeds",)))
+        return SuiteSpec(
+            name=raw.name,
+            description=raw.description,
+            hardware=hardware,
+            seeds=raw.seeds,
+            budget=raw.budget,
+            datasets=resolved["datasets"],
+            methods=resolved["methods"],
+            samplers=resolved["samplers"],
+            metrics=metrics,
+            leaderboard=raw.leaderboard,
+        )
+
+    def _metrics(self, raw: RawSuite, source: Source) -> list[MetricSpec]:
+        out: list[MetricSpec] = []
+        for i, item in enumerate(raw.metrics):
+            spec = MetricSpec(name=item) if isinstance(item, str) else item
+            path: KeyPath = ("metrics", i) if isinstance(item, str) else ("metrics", i, "name")
+            metric = reg.METRICS.get(spec.name, source.loc(path))
+            if any(m.name == spec.name for m in out):
+                raise SpecError(f"metrics[{i}]: {spec.name!r} is listed twice", source.loc(path))
+            sub = source.sub(("metrics", i, "params")) if isinstance(item, MetricSpec) and item.params else Source({}, {}, source.loc(path))
+            params = validate(metric.Params, sub, prefix=("metrics", i, "params"))
+            out.append(MetricSpec(name=spec.name, params=params.model_dump(mode="json")))
+        return out
+
+    def _check_leaderboard(self, raw: RawSuite, metrics: list[MetricSpec], source: Source) -> None:
+        names = [m.name for m in metrics]
+        if raw.leaderboard.rank_by not in names:
+            raise SpecError(
+                f"leaderboard.rank_by: {raw.leaderboard.rank_by!r} is not one of the suite's metrics"
+                + did_you_mean(raw.leaderboard.rank_by, names),
+                source.loc(("leaderboard", "rank_by")),
+            )
+        for i, col in enumerate(raw.leaderboard.columns or []):
+            if col not in names:
+                raise SpecError(
+                    f"leaderboard.columns[{i}]: {col!r} is not one of the suite's metrics" + did_you_mean(col, names),
+                    source.loc(("leaderboard", "columns", i)),
+                )
+
+    def _check_unused(self, resolved: dict[str, list]) -> None:
+        for i, ov in enumerate(self.overrides):
+            if i in self._used:
+                continue
+            kind, name, _ = _deferred_target(ov)  # type: ignore[misc]
+            names = [s.name for s in resolved.get(kind, [])]
+            raise SpecError(f"the suite has no {kind[:-1]} {name!r}" + did_you_mean(str(name), names), ov.loc)
+
+    # -- single files (flowgauge validate) -----------------------------------------------
+
+    def validate_file(self, path: Path) -> StrictModel:
+        """Validate one spec file; its kind is the folder it sits in (or a suite)."""
+        kind = path.parent.name if path.parent.name in SPEC_KINDS else "suites"
+        if kind == "suites":
+            return Resolver(_root_of(path) or self.root, self.overrides).suite(str(path))
+        source = self.load_file(kind, path)
+        return self.resolve_source(kind, source)
+
+
+def _deferred_target(ov: Override) -> tuple[str, str | None, KeyPath] | None:
+    """For overrides of a referenced spec: (kind, spec name or None, path inside the spec)."""
+    head = ov.path[0]
+    if head not in REFERENCE_FIELDS or len(ov.path) == 1:
+        return None
+    if head == "hardware":
+        return "hardware", None, ov.path[1:]
+    if len(ov.path) < 3:
+        raise SpecError(f"give a key inside the {head[:-1]}, e.g. {head}.{ov.path[1]}.params.x=...", ov.loc)
+    return head, ov.path[1], ov.path[2:]
+
+
+def _root_of(path: Path) -> Path | None:
+    """The specs root of a file at ``<root>/<kind>/<name>.yaml``."""
+    parent = path.resolve().parent
+    return parent.parent if parent.name in SPEC_KINDS else None
+
+
+def load_suite(ref: str, overrides: list[str] | None = None, root: Path | None = None) -> SuiteSpec:
+    """Resolve a suite by name or path, with ``--set`` overrides; raises SpecError."""
+    parsed = [Override.parse(text) for text in overrides or []]
+    if root is None and (ref.endswith((".yaml", ".yml")) or os.sep in ref):
+        root = _root_of(Path(ref))
+    return Resolver(root, parsed).suite(ref)
+
+
+__all__ = [
+    "DatasetSpec",
+    "HardwareSpec",
+    "MethodSpec",
+    "Override",
+    "Resolver",
+    "SamplerSpec",
+    "SuiteSpec",
+    "load_suite",
+]

@@ -1,0 +1,9 @@
+"""Reference implementations of flow-based generative models.
+
+Importing this package registers every method, network, dataset, solver and optimiser in
+the harness registries. Each module opens with the paper and algorithm it implements.
+"""
+
+from implementations import flow_matching, networks, optimizers, rectified_flow  # noqa: F401
+from implementations.common import solvers  # noqa: F401
+from implementations.datasets import toy2d  # noqa: F401

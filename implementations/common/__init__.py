@@ -1,0 +1,1 @@
+"""Shared maths written once: ODE solvers, probability paths and time samplers."""

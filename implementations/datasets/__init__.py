@@ -1,0 +1,1 @@
+"""Datasets with their own exact reference samplers."""

@@ -1,0 +1,142 @@
+"""Two-dimensional toy distributions with exact, seeded generators.
+
+A ``toy2d`` dataset pairs a source distribution (N(0, I) unless the spec says otherwise)
+with a target distribution. Because every distribution here has an exact generator, the
+reference sample for evaluation is always fresh, never the training data.
+
+Geometries (each is a parameterised family; spec files fix the values):
+
+- ``normal``: N(0, std² I).
+- ``8gaussians``: an equal mixture of 8 isotropic Gaussians (std ``std``) centred on a
+  circle of radius ``radius`` at angles k·π/4. The TorchCFM tutorials use radius 5 and
+  covariance √0.1·I, i.e. std = 0.1^(1/4) ≈ 0.562; ``torchdyn``'s generator ignores its
+  radius argument, so this one is written out here.
+- ``moons``: two interleaved half circles (the shape of sklearn's ``make_moons``), with
+  angles drawn uniformly instead of on a grid so that samples are i.i.d., Gaussian noise
+  ``noise``, then mapped by x ↦ scale·x + shift.
+- ``checkerboard``: uniform on the 8 black squares of a 4×4 board of side ``scale``
+  (FFJORD's toy), centred at the origin.
+- ``spirals``: two interleaved Archimedean spirals r = θ, θ = √u·3π, u ~ U(0, 1), each
+  point jittered by U(0, 0.5)² as in FFJORD's ``2spirals``, then scaled by 1/3 with
+  Gaussian noise ``noise`` added.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, ClassVar, Literal, Union
+
+import torch
+from pydantic import BeforeValidator, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import Tensor
+
+from harness.interfaces import Params
+from harness.registry import DATASETS
+
+
+class Distribution2D(Params):
+    """A named 2D distribution with an exact sampler ``sample(n, generator)``."""
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:  # (n, 2), float32
+        raise NotImplementedError
+
+
+class Normal(Distribution2D):
+    name: Literal["normal"] = "normal"
+    std: PositiveFloat = 1.0
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.std * torch.randn(n, 2, generator=generator)
+
+
+class EightGaussians(Distribution2D):
+    name: Literal["8gaussians"] = "8gaussians"
+    radius: PositiveFloat = 5.0
+    std: PositiveFloat = 0.1**0.25
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        k = torch.randint(0, 8, (n,), generator=generator)
+        angle = k.to(torch.float32) * (math.pi / 4)
+        centers = self.radius * torch.stack([angle.cos(), angle.sin()], dim=1)  # (n, 2)
+        return centers + self.std * torch.randn(n, 2, generator=generator)
+
+
+class Moons(Distribution2D):
+    name: Literal["moons"] = "moons"
+    noise: NonNegativeFloat = 0.2
+    scale: float = 3.0
+    shift: float = -1.0
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        upper = torch.rand(n, generator=generator) < 0.5
+        theta = math.pi * torch.rand(n, generator=generator)
+        x = torch.where(upper, theta.cos(), 1.0 - theta.cos())
+        y = torch.where(upper, theta.sin(), 0.5 - theta.sin())
+        points = torch.stack([x, y], dim=1) + self.noise * torch.randn(n, 2, generator=generator)
+        return self.scale * points + self.shift
+
+
+class Checkerboard(Distribution2D):
+    name: Literal["checkerboard"] = "checkerboard"
+    scale: PositiveFloat = 2.0  # side of one square; the board spans [-2·scale, 2·scale]²
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        x1 = 4 * torch.rand(n, generator=generator) - 2  # column position in [-2, 2)
+        x2 = torch.rand(n, generator=generator) - 2 * torch.randint(0, 2, (n,), generator=generator)
+        x2 = x2 + torch.floor(x1).remainder(2)  # shift up on odd columns: black squares only
+        return self.scale * torch.stack([x1, x2], dim=1)
+
+
+class Spirals(Distribution2D):
+    name: Literal["spirals"] = "spirals"
+    noise: NonNegativeFloat = 0.1
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        theta = torch.sqrt(torch.rand(n, generator=generator)) * 3 * math.pi
+        arm = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        jitter = 0.5 * torch.rand(n, 2, generator=generator)
+        points = torch.stack([-theta.cos() * theta, theta.sin() * theta], dim=1) + jitter
+        points = arm[:, None] * points / 3
+        return points + self.noise * torch.randn(n, 2, generator=generator)
+
+
+def _named(value: object) -> object:
+    """``moons`` is shorthand for ``{name: moons}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+AnyDistribution2D = Annotated[
+    Union[Normal, EightGaussians, Moons, Checkerboard, Spirals],  # noqa: UP007
+    BeforeValidator(_named),
+    Field(discriminator="name"),
+]
+
+
+class Toy2DParams(Params):
+    source: AnyDistribution2D = Normal()
+    target: AnyDistribution2D
+    train_size: PositiveInt | None = Field(
+        None, description="a fixed training split of this many target points; null: fresh samples every step"
+    )
+
+
+@DATASETS.register("toy2d")
+class Toy2D:
+    """Source → target pair of 2D distributions, both with exact generators."""
+
+    Params: ClassVar[type[Params]] = Toy2DParams
+    shape: tuple[int, ...] = (2,)
+
+    def __init__(self, params: Toy2DParams):
+        self.params = params
+
+    def sample_source(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.params.source.sample(n, generator)
+
+    def sample_target(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.params.target.sample(n, generator)
+
+    def train_split(self, generator: torch.Generator) -> Tensor | None:
+        if self.params.train_size is None:
+            return None
+        return self.sample_target(self.params.train_size, generator)
