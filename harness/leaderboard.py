@@ -101,6 +101,8 @@ def format_number(v: float | None, precision: int = 4) -> str:
         return str(int(v))
     if abs(v) >= 1000:
         return f"{v:,.0f}"
+    if abs(v) >= 10**precision:
+        return f"{v:.0f}"  # no exponent: 141, not 1.4e+02
     return f"{v:.{precision}g}"
 
 

@@ -197,9 +197,9 @@ def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
 def _thin(curve: list[tuple[int, float]]) -> list[list[float]]:
     """At most LOSS_CURVE_POINTS evenly spaced points, the last one always kept."""
     if len(curve) <= LOSS_CURVE_POINTS:
-        return [[s, v if math.isfinite(v) else None] for s, v in curve]
+        return [[s, v] for s, v in curve]
     idx = np.unique(np.linspace(0, len(curve) - 1, LOSS_CURVE_POINTS).round().astype(int))
-    return [[curve[i][0], curve[i][1] if math.isfinite(curve[i][1]) else None] for i in idx]
+    return [[curve[i][0], curve[i][1]] for i in idx]
 
 
 def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict) -> tuple[str, dict, dict]:
@@ -341,7 +341,7 @@ class Runner:
             "seed": job.train.seed,
             "status": status,
             "error": error,
-            "metrics": {k: (v if v is None or math.isfinite(v) else None) for k, v in metrics.items()},
+            "metrics": metrics,
             "measurements": measurements,
             "train": train_stats,
             "spec": job.spec,

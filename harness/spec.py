@@ -235,6 +235,8 @@ def _describe(model: type[BaseModel], error: dict, path: KeyPath) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()), "?")
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
         return f"must be {op} {bound}, got {_show(value)}"
     if kind == "too_short":
         return f"must not be empty, got {_show(value)}"

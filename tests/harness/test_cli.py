@@ -1,0 +1,37 @@
+"""The CLI start-up path stays light, and list/validate work on the shipped specs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import PROJECT, SPECS, run_cli
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom harness.cli import _parser\n"
+            "try:\n    _parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'heavy import on --help'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    assert "run" in result.stdout and "leaderboard" in result.stdout
+
+
+def test_validate_every_shipped_spec():
+    paths = sorted(str(p) for p in SPECS.glob("*/*.yaml"))
+    result = run_cli("validate", *paths)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(paths)
+
+
+def test_list_methods_and_metrics():
+    methods = run_cli("list", "methods")
+    assert methods.returncode == 0
+    assert "icfm" in methods.stdout and "[cfm]" in methods.stdout
+    metrics = run_cli("list", "metrics")
+    assert "w2" in metrics.stdout and "latency (ms) ↓" in metrics.stdout
+
+
+def test_leaderboard_of_a_missing_directory_is_a_user_error(tmp_path):
+    result = run_cli("leaderboard", str(tmp_path / "none"))
+    assert result.returncode == 2 and "no records folder" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,111 @@
+"""Spec resolution in-process: extends, inline specs, --set overrides, canonical keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import SpecError
+from harness.plan import make_plan
+from harness.resolve import Override, Resolver, load_suite
+from harness.source import parse_yaml
+from harness.spec import MethodSpec, validate
+from tests.conftest import SPECS, write
+
+SUITE = """name: s
+budget: {train: {steps: 10}}
+datasets: [moons]
+methods: [icfm]
+samplers: [euler-1]
+metrics: [w2]
+"""
+
+
+def test_quickstart_resolves_with_defaults_filled_in():
+    suite = load_suite("quickstart", root=SPECS)
+    assert suite.hardware.device == "cpu"
+    icfm = next(m for m in suite.methods if m.name == "icfm")
+    assert icfm.params == {"coupling": "independent", "sigma": 0.1}
+    assert icfm.network["time_embedding"] == "concat"  # default filled in
+    assert icfm.optimizer["betas"] == [0.9, 0.999]
+    assert {s.name for s in suite.samplers} >= {"euler-1", "euler-8", "heun-8", "dopri5"}
+
+
+def test_extends_merges_mappings_and_replaces_values(spec_root):
+    write(spec_root / "methods" / "icfm-wide.yaml", "extends: icfm\nnetwork: {width: 128}\nparams: {sigma: 0.0}\n")
+    spec = Resolver(spec_root).validate_file(spec_root / "methods" / "icfm-wide.yaml")
+    assert spec.name == "icfm-wide"
+    assert spec.network["width"] == 128 and spec.network["depth"] == 3 and spec.network["name"] == "mlp"
+    assert spec.params == {"coupling": "independent", "sigma": 0.0}
+    assert spec.paper is not None and "minibatch optimal transport" in spec.paper.title
+
+
+def test_extends_cycle_is_reported(spec_root):
+    write(spec_root / "methods" / "a.yaml", "extends: b\n")
+    write(spec_root / "methods" / "b.yaml", "extends: a\n")
+    with pytest.raises(SpecError, match="cycle"):
+        Resolver(spec_root).validate_file(spec_root / "methods" / "a.yaml")
+
+
+def test_inline_spec_in_a_suite(spec_root):
+    text = SUITE.replace("methods: [icfm]", "methods:\n  - icfm\n  - {name: icfm-0, extends: icfm, params: {sigma: 0.0}}")
+    write(spec_root / "suites" / "s.yaml", text)
+    suite = Resolver(spec_root).suite("s")
+    assert [m.name for m in suite.methods] == ["icfm", "icfm-0"]
+    assert suite.methods[1].params["sigma"] == 0.0
+
+
+def test_inline_spec_errors_point_into_the_suite(spec_root):
+    text = SUITE.replace("methods: [icfm]", "methods:\n  - {name: x, implementation: cfm, params: {sigma: -1}}")
+    write(spec_root / "suites" / "s.yaml", text)
+    with pytest.raises(SpecError) as info:
+        Resolver(spec_root).suite("s")
+    assert str(info.value).endswith("suites/s.yaml:5: params.sigma: must be >= 0, got -1")
+
+
+def test_overrides_reach_suite_fields_and_referenced_specs(spec_root):
+    write(spec_root / "suites" / "s.yaml", SUITE)
+    overrides = [Override.parse(t) for t in (
+        "budget.train.steps=77", "methods.icfm.params.sigma=0.25", "hardware.threads=1",
+        "samplers.euler-1.params.steps=3", "seeds=[1, 2]")]
+    suite = Resolver(spec_root, overrides).suite("s")
+    assert suite.budget.train.steps == 77
+    assert suite.methods[0].params["sigma"] == 0.25
+    assert suite.hardware.threads == 1
+    assert suite.samplers[0].params["steps"] == 3
+    assert suite.seeds == [1, 2]
+
+
+def test_override_parse_types_values_like_yaml():
+    assert Override.parse("a.b=0.1").value == 0.1
+    assert Override.parse("a=true").value is True
+    assert Override.parse("a=[1, 2]").value == [1, 2]
+    assert Override.parse("a=hello").value == "hello"
+    with pytest.raises(SpecError, match="expected key.path=value"):
+        Override.parse("novalue")
+
+
+def test_validation_error_maps_to_line():
+    source = parse_yaml("name: m\nimplementation: cfm\nbatch_size: many\n", "m.yaml")
+    with pytest.raises(SpecError) as info:
+        validate(MethodSpec, source)
+    assert str(info.value) == "m.yaml:3: batch_size: expected an integer, got 'many'"
+
+
+def test_training_key_ignores_samplers_metrics_and_descriptions(spec_root):
+    write(spec_root / "suites" / "s.yaml", SUITE)
+    base = make_plan(Resolver(spec_root).suite("s"))
+    write(spec_root / "suites" / "s.yaml", SUITE.replace("[euler-1]", "[euler-1, heun-8]").replace("[w2]", "[w2, mmd]"))
+    more = make_plan(Resolver(spec_root).suite("s"))
+    assert [j.key for j in base.trainings] == [j.key for j in more.trainings]
+    assert base.evals[base.trainings[0].key][0].key != more.evals[more.trainings[0].key][0].key
+    desc = [Override.parse("methods.icfm.description=renamed")]
+    assert make_plan(Resolver(spec_root, desc).suite("s")).trainings[0].key == base.trainings[0].key
+    sigma = [Override.parse("methods.icfm.params.sigma=0.3")]
+    assert make_plan(Resolver(spec_root, sigma).suite("s")).trainings[0].key != base.trainings[0].key
+
+
+def test_keys_are_stable_across_processes():
+    plan = make_plan(load_suite("quickstart", root=SPECS))
+    again = make_plan(load_suite("quickstart", root=SPECS))
+    assert [e.key for v in plan.evals.values() for e in v] == [e.key for v in again.evals.values() for e in v]
+    assert len(plan.trainings) == 6 and plan.num_evals == 24

@@ -1,0 +1,169 @@
+"""Every error a user can cause names its file and line, exits 2, prints no traceback
+and writes nothing. These run the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli, write
+
+SUITE = """
+name: bad
+hardware: cpu
+seeds: [0]
+budget:
+  train: {steps: 10}
+  eval: {num_samples: 100}
+datasets: [moons]
+methods: [icfm]
+samplers: [euler-1]
+metrics: [w2]
+"""
+
+
+def _expect_error(result, where: str, text: str, out: Path) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    loc = lines[0].partition(": ")[0]
+    assert (loc + ":").endswith(where), lines[0]
+    assert text in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists(), "a failed spec must not write results"
+
+
+def _run(spec_root: Path, suite_text: str, *extra: str):
+    write(spec_root / "suites" / "bad.yaml", suite_text)
+    out = spec_root.parent / "out"
+    return run_cli("--specs", str(spec_root), "run", "bad", "--results", str(out), *extra), out
+
+
+def test_yaml_syntax_error(spec_root):
+    result, out = _run(spec_root, SUITE.replace("train: {steps: 10}", "train: {steps: 10"))
+    _expect_error(result, "suites/bad.yaml:6:", "YAML syntax error", out)
+
+
+def test_unknown_key_suggests_the_right_one(spec_root):
+    result, out = _run(spec_root, SUITE + "leaderbord: {rank_by: w2}\n")
+    _expect_error(result, "suites/bad.yaml:11:", "unknown key 'leaderbord'; did you mean 'leaderboard'?", out)
+
+
+def test_nested_unknown_key(spec_root):
+    result, out = _run(spec_root, SUITE.replace("train: {steps: 10}", "train: {stepz: 10}"))
+    _expect_error(result, "suites/bad.yaml:5:", "budget.train.stepz: unknown key 'stepz'; did you mean 'steps'?", out)
+
+
+def test_wrong_type_in_method_params(spec_root):
+    write(spec_root / "methods" / "broken.yaml", """
+implementation: cfm
+params:
+  coupling: independent
+  sigma: abc
+""")
+    result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [broken]"))
+    _expect_error(result, "methods/broken.yaml:4:", "params.sigma: expected a number, got 'abc'", out)
+
+
+def test_unknown_param_of_an_implementation(spec_root):
+    write(spec_root / "methods" / "broken.yaml", "implementation: cfm\nparams:\n  sigmaa: 0.1\n")
+    result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [broken]"))
+    _expect_error(result, "methods/broken.yaml:3:", "params.sigmaa: unknown key 'sigmaa'; did you mean 'sigma'?", out)
+
+
+def test_unknown_method_name(spec_root):
+    result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [icmf]"))
+    _expect_error(result, "suites/bad.yaml:8:", "unknown method 'icmf'", out)
+    assert "did you mean 'icfm'" in result.stderr
+
+
+def test_unknown_implementation(spec_root):
+    write(spec_root / "methods" / "broken.yaml", "implementation: cmf\n")
+    result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [broken]"))
+    _expect_error(result, "methods/broken.yaml:1:", "unknown method 'cmf'; did you mean 'cfm'?", out)
+
+
+def test_unknown_dataset_name(spec_root):
+    result, out = _run(spec_root, SUITE.replace("datasets: [moons]", "datasets: [mons]"))
+    _expect_error(result, "suites/bad.yaml:7:", "unknown dataset 'mons'", out)
+    assert "did you mean 'moons'" in result.stderr
+
+
+def test_unknown_toy_distribution(spec_root):
+    write(spec_root / "datasets" / "broken.yaml", "implementation: toy2d\nparams:\n  target: moonz\n")
+    result, out = _run(spec_root, SUITE.replace("datasets: [moons]", "datasets: [broken]"))
+    _expect_error(result, "datasets/broken.yaml:3:", "unknown name 'moonz'; did you mean 'moons'?", out)
+
+
+def test_unknown_sampler_and_solver(spec_root):
+    result, out = _run(spec_root, SUITE.replace("samplers: [euler-1]", "samplers: [euler-7]"))
+    _expect_error(result, "suites/bad.yaml:9:", "unknown sampler 'euler-7'", out)
+    write(spec_root / "samplers" / "broken.yaml", "solver: eulr\nparams: {steps: 3}\n")
+    result, out = _run(spec_root, SUITE.replace("samplers: [euler-1]", "samplers: [broken]"))
+    _expect_error(result, "samplers/broken.yaml:1:", "unknown solver 'eulr'; did you mean 'euler'", out)
+
+
+def test_unknown_metric(spec_root):
+    result, out = _run(spec_root, SUITE.replace("metrics: [w2]", "metrics: [w3]"))
+    _expect_error(result, "suites/bad.yaml:10:", "unknown metric 'w3'", out)
+
+
+def test_missing_suite_file(tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("run", str(tmp_path / "nope.yaml"), "--results", str(out))
+    _expect_error(result, "nope.yaml:", "file not found", out)
+
+
+def test_missing_suite_name_suggests(spec_root):
+    out = spec_root.parent / "out"
+    result = run_cli("--specs", str(spec_root), "run", "quickstrat", "--results", str(out))
+    _expect_error(result, "error:", "unknown suite 'quickstrat'", out)
+    assert "did you mean 'quickstart'" in result.stderr
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("{steps: -5}", "budget.train.steps: must be > 0, got -5"),
+    ("{steps: 0}", "budget.train.steps: must be > 0, got 0"),
+    ("{}", "the training budget is empty"),
+    ("{seconds: -1.5}", "budget.train.seconds: must be > 0, got -1.5"),
+])
+def test_negative_or_empty_budget(spec_root, budget, message):
+    result, out = _run(spec_root, SUITE.replace("train: {steps: 10}", f"train: {budget}"))
+    _expect_error(result, "suites/bad.yaml:5:", message, out)
+
+
+def test_empty_method_list(spec_root):
+    result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: []"))
+    _expect_error(result, "suites/bad.yaml:8:", "methods: must not be empty", out)
+
+
+def test_rank_by_must_be_a_suite_metric(spec_root):
+    result, out = _run(spec_root, SUITE + "leaderboard: {rank_by: mmd}\n")
+    _expect_error(result, "suites/bad.yaml:11:", "leaderboard.rank_by: 'mmd' is not one of the suite's metrics", out)
+
+
+def test_duplicate_key(spec_root):
+    result, out = _run(spec_root, SUITE + "seeds: [1]\n")
+    _expect_error(result, "suites/bad.yaml:11:", "duplicate key 'seeds' (first given on line 3)", out)
+
+
+def test_bad_override_names_the_command_line(spec_root):
+    result, out = _run(spec_root, SUITE, "--set", "methods.icfm.params.sigma=abc")
+    _expect_error(result, "--set methods.icfm.params.sigma=abc:", "params.sigma: expected a number, got 'abc'", out)
+    result, out = _run(spec_root, SUITE, "--set", "methods.icfn.params.sigma=0.2")
+    _expect_error(result, "--set methods.icfn.params.sigma=0.2:", "the suite has no method 'icfn'; did you mean 'icfm'?", out)
+
+
+def test_bad_extends(spec_root):
+    write(spec_root / "methods" / "child.yaml", "extends: icfn\nparams: {sigma: 0.0}\n")
+    result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [child]"))
+    _expect_error(result, "methods/child.yaml:1:", "unknown method 'icfn'", out)
+
+
+def test_validate_reports_the_same_errors(spec_root):
+    path = write(spec_root / "methods" / "broken.yaml", "implementation: cfm\nbatch_size: -3\n")
+    result = run_cli("validate", str(path))
+    assert result.returncode == 2
+    assert "methods/broken.yaml:2: batch_size: must be > 0, got -3" in result.stderr
+    assert "Traceback" not in result.stderr

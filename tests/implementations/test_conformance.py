@@ -1,0 +1,165 @@
+"""One conformance test over everything registered: every method × dataset × network ×
+solver trains for a few steps and samples. The parameters are read from the registries
+at collection time, so a newly registered entry is covered without editing this file.
+
+An entry whose ``Params`` has required fields needs a tiny setting in the tables below;
+without one its case fails with a pydantic ValidationError naming the missing field.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import implementations  # noqa: F401  (fills the registries)
+from harness.interfaces import Batch, Dataset, Method, Solution, Solver
+from harness.measure import NFECounter
+from harness.registry import DATASETS, METHODS, NETWORKS, OPTIMIZERS, SOLVERS
+from implementations.networks import MLP, MLPParams, SinusoidalEmbedding
+
+# Tiny settings for entries whose defaults are not enough (or too slow).
+DATASET_PARAMS: dict[str, dict] = {"toy2d": {"target": "moons"}}
+NETWORK_PARAMS: dict[str, dict] = {"mlp": {"width": 32, "depth": 2}}
+METHOD_PARAMS: dict[str, dict] = {}
+SOLVER_PARAMS: dict[str, dict] = {"euler": {"steps": 4}, "midpoint": {"steps": 4}, "heun": {"steps": 4},
+                                  "rk4": {"steps": 4}, "dopri5": {}}
+
+BATCH = 64
+TRAIN_STEPS = 5
+
+
+def build(registry, name: str, table: dict[str, dict], *args):
+    cls = registry.get(name)
+    return cls(cls.Params(**table.get(name, {})), *args)
+
+
+def batch_from(dataset, generator: torch.Generator) -> Batch:
+    return Batch(x_0=dataset.sample_source(BATCH, generator), x_1=dataset.sample_target(BATCH, generator))
+
+
+@pytest.mark.parametrize("solver_name", SOLVERS.names())
+@pytest.mark.parametrize("network_name", NETWORKS.names())
+@pytest.mark.parametrize("dataset_name", DATASETS.names())
+@pytest.mark.parametrize("method_name", METHODS.names())
+def test_conformance(method_name, dataset_name, network_name, solver_name):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    dataset = build(DATASETS, dataset_name, DATASET_PARAMS)
+    method = build(METHODS, method_name, METHOD_PARAMS)
+    solver = build(SOLVERS, solver_name, SOLVER_PARAMS)
+    assert isinstance(dataset, Dataset) and isinstance(method, Method) and isinstance(solver, Solver)
+    network = build(NETWORKS, network_name, NETWORK_PARAMS, dataset.shape)
+    params = list(network.parameters())
+    assert params
+    optimizer = OPTIMIZERS.get("adam").build(OPTIMIZERS.get("adam").Params(), params)
+
+    # 1. a few optimiser steps: a finite scalar loss whose gradient reaches every parameter
+    before = [p.detach().clone() for p in params]
+    for step in range(TRAIN_STEPS):
+        batch = batch_from(dataset, g)
+        assert batch.x_0.shape == batch.x_1.shape == (BATCH, *dataset.shape)
+        optimizer.zero_grad()
+        loss = method.loss(network, batch, g)
+        assert isinstance(loss, torch.Tensor) and loss.ndim == 0
+        assert torch.isfinite(loss), f"step {step}: loss {loss.item()}"
+        loss.backward()
+        for (name, p) in network.named_parameters():
+            assert p.grad is not None, f"no gradient reaches {name}"
+            assert torch.isfinite(p.grad).all(), name
+            if step == 0:
+                assert p.grad.abs().sum() > 0, f"zero gradient for {name}"
+        optimizer.step()
+    assert all(not torch.equal(a, p.detach()) for a, p in zip(before, params))
+
+    # 2. sampling: the source shape back, finite, at the declared NFE
+    x_0 = dataset.sample_source(BATCH, g)
+    counter = NFECounter(network)
+    with torch.no_grad():
+        sol = method.sample(counter, x_0, solver, g)
+    assert isinstance(sol, Solution)
+    assert sol.x.shape == x_0.shape and sol.x.dtype == x_0.dtype
+    assert torch.isfinite(sol.x).all()
+    assert sol.steps >= 1
+    match = re.fullmatch(r"(\d*)N", type(solver).nfe_convention)
+    if match:
+        assert counter.calls == int(match.group(1) or 1) * sol.steps
+    else:
+        assert counter.calls >= sol.steps
+    assert counter.evaluations == BATCH * counter.calls
+
+    with torch.no_grad():
+        recorded = method.sample(network, x_0, solver, g, record=True)
+    assert len(recorded.times) == len(recorded.trajectory) >= 2
+    assert recorded.times[0] == 0.0 and recorded.times[-1] == 1.0
+    assert torch.equal(recorded.trajectory[0], x_0)
+    torch.testing.assert_close(recorded.trajectory[-1], recorded.x, atol=0, rtol=0)
+    torch.testing.assert_close(recorded.x, sol.x, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------------------
+# Networks
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("network_name", NETWORKS.names())
+@pytest.mark.parametrize("shape", [(2,), (3, 2)])
+def test_network_time_conventions(network_name, shape):
+    """A network maps (b, *shape) to (b, *shape) and takes t as 0-d or (b,) alike."""
+    torch.manual_seed(0)
+    net = build(NETWORKS, network_name, NETWORK_PARAMS, shape)
+    x = torch.randn(5, *shape)
+    out_scalar = net(x, torch.tensor(0.3))
+    out_batch = net(x, torch.full((5,), 0.3))
+    assert out_scalar.shape == out_batch.shape == x.shape
+    torch.testing.assert_close(out_scalar, out_batch, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("time_embedding", ["concat", "sinusoidal"])
+@pytest.mark.parametrize("activation", ["selu", "relu", "tanh"])
+def test_mlp_time_embeddings(time_embedding, activation):
+    torch.manual_seed(0)
+    net = MLP(MLPParams(width=16, depth=2, activation=activation, time_embedding=time_embedding), (2,))
+    x = torch.randn(7, 2)
+    t_batch = torch.linspace(0, 1, 7)
+    y = net(x, t_batch)
+    assert y.shape == (7, 2) and torch.isfinite(y).all()
+    # t as a 0-d tensor and as a python float broadcast over the batch
+    for t in (torch.tensor(0.25), 0.25):
+        torch.testing.assert_close(net(x, t), net(x, torch.full((7,), 0.25)), atol=0, rtol=0)
+    # each row depends on its own time only
+    torch.testing.assert_close(net(x[2:3], t_batch[2:3]), y[2:3], atol=1e-6, rtol=0)
+    # and the output does depend on time
+    assert not torch.allclose(net(x, torch.tensor(0.0)), net(x, torch.tensor(1.0)))
+    # float64 networks keep float64
+    y64 = net.double()(x.double(), torch.tensor(0.5, dtype=torch.float64))
+    assert y64.dtype == torch.float64
+
+
+def test_mlp_rejects_a_wrong_time_shape():
+    net = MLP(MLPParams(width=8, depth=1), (2,))
+    with pytest.raises(ValueError, match=r"batch size \[4\]"):
+        net(torch.zeros(4, 2), torch.zeros(3))
+
+
+def test_mlp_layer_sizes():
+    net = MLP(MLPParams(width=64, depth=3), (2,))  # TorchCFM's 3×64: 3 hidden layers
+    linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(3, 64), (64, 64), (64, 64), (64, 2)]
+    net = MLP(MLPParams(width=16, depth=1, time_embedding="sinusoidal", time_embedding_dim=8), (3, 2))
+    linears = [m for m in net.net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(6 + 8, 16), (16, 6)]
+
+
+def test_sinusoidal_embedding():
+    emb = SinusoidalEmbedding(8, max_freq=1000.0)
+    torch.testing.assert_close(emb.freqs[[0, -1]], torch.tensor([1.0, 1000.0]), rtol=1e-6, atol=0)
+    out = emb(torch.tensor([[0.0], [0.25]]))
+    assert out.shape == (2, 8)
+    torch.testing.assert_close(out[0], torch.tensor([0.0] * 4 + [1.0] * 4), atol=0, rtol=0)
+    # lowest frequency f = 1 at t = 1/4: sin(2π/4) = 1 (column 0), cos(2π/4) = 0 (column 4)
+    torch.testing.assert_close(out[1, [0, 4]], torch.tensor([1.0, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[1, :4].square() + out[1, 4:].square(), torch.ones(4), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="even"):
+        SinusoidalEmbedding(7)

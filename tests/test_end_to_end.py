@@ -1,0 +1,151 @@
+"""Tiny suites end to end: records, leaderboard, determinism, resume, budgets, divergence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.leaderboard import leaderboard
+from harness.plan import make_plan
+from harness.resolve import load_suite
+from harness.results import read_records
+from harness.runner import Runner
+from tests.conftest import SPECS, TINY, run_cli, write
+
+TINY_SUITE = """name: tiny
+hardware: cpu
+seeds: [0]
+budget:
+  train: {steps: 40, log_every: 10}
+  eval: {num_samples: 256, warmup: 0, repeats: 2}
+datasets: [moons]
+methods: [icfm, rectified-flow]
+samplers: [euler-1, heun-8, dopri5]
+metrics: [w2, mmd, nfe, steps, latency, throughput, peak_memory, train_time]
+"""
+
+
+def _run(tmp_path: Path, suite_text: str = TINY_SUITE, overrides: list[str] | None = None, name: str = "out"):
+    suite_path = write(tmp_path / "suite.yaml", suite_text)
+    suite = load_suite(str(suite_path), overrides, root=SPECS)
+    out = tmp_path / name
+    summary = Runner(out, progress=False).run(make_plan(suite))
+    return out, summary
+
+
+def test_cli_tiny_suite_writes_records_and_prints_the_leaderboard(tmp_path):
+    out = tmp_path / "results"
+    result = run_cli("run", "quickstart", "--results", str(out), "--no-progress",
+                     "--set", "datasets=[moons]", *sum((["--set", t] for t in TINY), []))
+    assert result.returncode == 0, result.stderr
+    records = read_records(out)
+    assert len(records) == 2 * 4  # methods x samplers
+    assert {r["status"] for r in records} == {"ok"}
+    assert "### moons" in result.stdout and "w2 ↓" in result.stdout and "latency (ms) ↓" in result.stdout
+    assert "rectified-flow" in result.stdout and "dopri5" in result.stdout
+    record = records[0]
+    for field in ("key", "train_key", "spec", "environment", "seed", "metrics", "measurements", "train", "status"):
+        assert field in record
+    env = record["environment"]
+    for field in ("torch", "python", "device", "cpu", "threads", "git_commit", "git_dirty"):
+        assert field in env
+    assert record["spec"]["budget"]["train"]["steps"] == 40
+    # leaderboard command on the same directory renders every format
+    for fmt, marker in (("markdown", "| #"), ("latex", r"\toprule"), ("html", "<table>"), ("csv", "dataset,rank")):
+        board = run_cli("leaderboard", str(out), "--format", fmt)
+        assert board.returncode == 0 and marker in board.stdout, board.stderr
+
+
+def test_same_spec_and_seed_give_identical_metrics(tmp_path):
+    a, _ = _run(tmp_path, name="a")
+    b, _ = _run(tmp_path, name="b")
+    ra = {r["key"]: r for r in read_records(a)}
+    rb = {r["key"]: r for r in read_records(b)}
+    assert ra.keys() == rb.keys()
+    for key in ra:
+        for metric in ("w2", "mmd", "nfe", "steps"):
+            assert ra[key]["metrics"][metric] == rb[key]["metrics"][metric], (key, metric)
+        assert ra[key]["train"]["loss_curve"] == rb[key]["train"]["loss_curve"]
+
+
+def test_nfe_and_steps_per_sampler_are_counted(tmp_path):
+    out, _ = _run(tmp_path)
+    by_sampler = {r["sampler"]: r for r in read_records(out) if r["method"] == "icfm"}
+    assert by_sampler["euler-1"]["metrics"]["nfe"] == 1 and by_sampler["euler-1"]["metrics"]["steps"] == 1
+    assert by_sampler["heun-8"]["metrics"]["nfe"] == 16 and by_sampler["heun-8"]["metrics"]["steps"] == 8
+    m = by_sampler["dopri5"]["measurements"]
+    assert m["nfe"] == 2 + 6 * (m["steps"] + m["rejected_steps"])
+    lat = by_sampler["heun-8"]["measurements"]["latency"]
+    assert lat["repeats"] == 2 and lat["min"] <= lat["median"] <= lat["max"]
+
+
+def test_resume_keeps_finished_records_and_reuses_the_model(tmp_path):
+    out, first = _run(tmp_path)
+    assert first.counts == {"ok": 6}
+    _, again = _run(tmp_path)
+    assert again.counts == {"cached": 6}
+    victim = next(p for p in (out / "records").glob("*heun-8*"))
+    victim.unlink()
+    _, third = _run(tmp_path)
+    assert third.counts == {"cached": 5, "ok": 1}
+    redone = json.loads(victim.read_text())
+    assert redone["train"]["reused"] is True
+
+
+def test_adding_a_sampler_reuses_trained_models(tmp_path):
+    out, _ = _run(tmp_path)
+    _, more = _run(tmp_path, TINY_SUITE.replace("dopri5]", "dopri5, euler-8]"))
+    assert more.counts == {"cached": 6, "ok": 2}
+    new = [r for r in read_records(out) if r["sampler"] == "euler-8"]
+    assert all(r["train"]["reused"] for r in new)
+
+
+@pytest.mark.parametrize("train, stopped_by, steps", [
+    ("{samples: 1000}", "samples", 4),      # batch 256: ceil(1000 / 256)
+    ("{steps: 7, samples: 100000}", "steps", 7),
+    ("{seconds: 0.3, steps: 100000000}", "seconds", None),
+])
+def test_budget_stops_at_the_first_limit(tmp_path, train, stopped_by, steps):
+    out, _ = _run(tmp_path, TINY_SUITE.replace("{steps: 40, log_every: 10}", train)
+                  .replace("[icfm, rectified-flow]", "[icfm]").replace("[euler-1, heun-8, dopri5]", "[euler-1]"))
+    (record,) = read_records(out)
+    assert record["train"]["stopped_by"] == stopped_by
+    if steps is not None:
+        assert record["train"]["steps"] == steps
+    else:
+        assert 0.3 <= record["train"]["wall_s"] < 5
+
+
+def test_epoch_budget_over_a_fixed_train_split(tmp_path):
+    text = TINY_SUITE.replace("datasets: [moons]", "datasets:\n  - {name: moons-512, extends: moons, params: {train_size: 512}}")
+    out, _ = _run(tmp_path, text.replace("{steps: 40, log_every: 10}", "{epochs: 2}")
+                  .replace("[icfm, rectified-flow]", "[icfm]").replace("[euler-1, heun-8, dopri5]", "[euler-1]"))
+    (record,) = read_records(out)
+    assert record["train"]["stopped_by"] == "epochs" and record["train"]["steps"] == 4  # 2 * 512 / 256
+
+
+def test_diverged_run_is_recorded_and_the_suite_goes_on(tmp_path):
+    out, summary = _run(tmp_path, overrides=["methods.icfm.optimizer.lr=1e30"])
+    assert summary.counts == {"diverged": 3, "ok": 3}
+    records = read_records(out)
+    diverged = [r for r in records if r["status"] == "diverged"]
+    assert {r["method"] for r in diverged} == {"icfm"}
+    assert diverged[0]["train"]["stopped_by"] == "non-finite loss"
+    board = leaderboard(out)
+    assert "diverged" in board
+
+
+def test_failed_run_is_recorded_with_its_error(tmp_path):
+    out = tmp_path / "results"
+    result = run_cli("run", "quickstart", "--results", str(out), "--no-progress", "--set", "hardware=cuda",
+                     "--set", "datasets=[moons]", "--set", "methods=[icfm]", "--set", "samplers=[euler-1]",
+                     *sum((["--set", t] for t in TINY), []))
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert result.returncode == 1
+    (record,) = read_records(out)
+    assert record["status"] == "failed" and "cuda" in record["error"].lower()
