@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -147,8 +148,9 @@ def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
     window_n = 0
     status, stopped_by = "ok", None
     step, first_step_s = 0, None
+    # Per-step bars only on a terminal: in a log file they would be thousands of lines.
     bar = tqdm(total=budget.steps, desc=f"train {job.method.name}/{job.dataset.name}/s{job.seed}",
-               leave=False, disable=not progress, unit="step")
+               leave=False, disable=not (progress and sys.stderr.isatty()), unit="step")
     network.train()
     start = time.perf_counter()
     while (stopped_by := reached(step, time.perf_counter() - start)) is None:

@@ -168,7 +168,11 @@ class Dopri5:
 
         field = _Field(velocity, record)
         t = torch.tensor([t_0, t_1], dtype=x_0.dtype, device=x_0.device)
-        x = odeint(field, x_0, t, method=self.method, atol=self.params.atol, rtol=self.params.rtol)[-1]
+        # By default torchdiffeq steps past t_1 and interpolates back, which would evaluate a
+        # network trained on t in [0, 1] outside that range; step_t makes it land on t_1.
+        options = {"step_t": t[1:]}
+        x = odeint(field, x_0, t, method=self.method, atol=self.params.atol, rtol=self.params.rtol,
+                   options=options)[-1]
         if record:
             field.times.append(t_1)
             field.trajectory.append(x)

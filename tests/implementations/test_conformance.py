@@ -30,6 +30,18 @@ BATCH = 64
 TRAIN_STEPS = 5
 
 
+def expected_calls(convention: str, steps: int) -> int | None:
+    """Calls a solver declaring ``convention`` ("N", "2N", "2N-1", ...) makes in ``steps``
+    steps; None for "counted" (adaptive) solvers."""
+    match = re.fullmatch(r"(\d*)N(?:\s*([+-])\s*(\d+))?", convention)
+    if match is None:
+        assert convention == "counted", f"unknown NFE convention {convention!r}"
+        return None
+    per_step = int(match.group(1) or 1)
+    offset = int(match.group(3) or 0) * (-1 if match.group(2) == "-" else 1)
+    return per_step * steps + offset
+
+
 def build(registry, name: str, table: dict[str, dict], *args):
     cls = registry.get(name)
     return cls(cls.Params(**table.get(name, {})), *args)
@@ -82,11 +94,11 @@ def test_conformance(method_name, dataset_name, network_name, solver_name):
     assert sol.x.shape == x_0.shape and sol.x.dtype == x_0.dtype
     assert torch.isfinite(sol.x).all()
     assert sol.steps >= 1
-    match = re.fullmatch(r"(\d*)N", type(solver).nfe_convention)
-    if match:
-        assert counter.calls == int(match.group(1) or 1) * sol.steps
-    else:
+    expected = expected_calls(type(solver).nfe_convention, sol.steps)
+    if expected is None:
         assert counter.calls >= sol.steps
+    else:
+        assert counter.calls == expected
     assert counter.evaluations == BATCH * counter.calls
 
     with torch.no_grad():
