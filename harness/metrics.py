@@ -169,13 +169,13 @@ def _peak_memory(ctx: EvalContext, params: NoParams) -> float | None:
 
 @metric("train_time", unit="s", higher_is_better=False, needs={"train"})
 def _train_time(ctx: EvalContext, params: NoParams) -> float | None:
-    """Training wall time (excluding set-up and evaluation)."""
-    return ctx.train.get("wall_s")
+    """Training wall time after the first step (set-up, compilation and evaluation excluded)."""
+    return ctx.train.get("train_s")
 
 
 @metric("train_steps_per_s", unit="steps/s", higher_is_better=True, needs={"train"})
 def _train_speed(ctx: EvalContext, params: NoParams) -> float | None:
-    """Optimiser steps per second during training."""
+    """Optimiser steps per second after the first step."""
     return ctx.train.get("steps_per_s")
 
 

@@ -184,9 +184,12 @@ def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
         "steps": step,
         "samples_seen": step * batch_size,
         "epochs": None if not split_size else step * batch_size / split_size,
+        # The first step carries torch.compile's compilation (and eager warm-up): it is
+        # reported on its own and left out of the training time and the step rate.
         "wall_s": wall,
-        "steps_per_s": step / wall if wall > 0 else None,
         "first_step_s": first_step_s,
+        "train_s": wall - (first_step_s or 0.0),
+        "steps_per_s": (step - 1) / (wall - first_step_s) if step > 1 and wall > first_step_s else None,
         "stopped_by": stopped_by,
         "final_loss": curve[-1][1] if curve else None,
         "loss_curve": _thin(curve),

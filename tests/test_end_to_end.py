@@ -149,3 +149,34 @@ def test_failed_run_is_recorded_with_its_error(tmp_path):
     assert result.returncode == 1
     (record,) = read_records(out)
     assert record["status"] == "failed" and "cuda" in record["error"].lower()
+
+
+def test_hardware_fields_are_honoured_and_recorded(tmp_path):
+    text = (TINY_SUITE.replace("hardware: cpu", "hardware: {name: cpu64, extends: cpu, dtype: float64, threads: 1}")
+            .replace("[icfm, rectified-flow]", "[icfm]").replace("[euler-1, heun-8, dopri5]", "[heun-8]"))
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        out, summary = _run(tmp_path, text)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.counts == {"ok": 1}
+    (record,) = read_records(out)
+    assert record["environment"]["threads"] == 1
+    assert record["spec"]["hardware"]["dtype"] == "float64"
+    assert record["environment"]["deterministic_algorithms"] is True
+    assert record["metrics"]["w2"] > 0
+
+
+def test_torch_compile_path_on_cpu(tmp_path):
+    text = (TINY_SUITE.replace("hardware: cpu", "hardware: {name: cpu-compiled, extends: cpu, compile: true}")
+            .replace("{steps: 40, log_every: 10}", "{steps: 5}")
+            .replace("[icfm, rectified-flow]", "[icfm]").replace("[euler-1, heun-8, dopri5]", "[euler-8]"))
+    out, summary = _run(tmp_path, text)
+    assert summary.counts == {"ok": 1}
+    (record,) = read_records(out)
+    assert record["spec"]["hardware"]["compile"] is True
+    # compilation lands in the first step and the first sampling call, not in the timings
+    assert record["train"]["first_step_s"] > record["train"]["train_s"] / 4
+    assert record["measurements"]["first_call_s"] > record["measurements"]["latency"]["median"]
