@@ -30,11 +30,14 @@ class Params(BaseModel):
 class Batch:
     """One training minibatch: source samples ``x_0`` and target (data) samples ``x_1``.
 
-    Shapes: (batch, *dims). Couplings may re-pair them; the harness draws them independently.
+    Shapes: (batch, *dims). The harness draws them independently (or takes them from a
+    teacher's cached pairs); a method's ``prepare`` may re-pair them and attach per-pair
+    loss ``weights`` of shape (batch,).
     """
 
     x_0: Tensor
     x_1: Tensor
+    weights: Tensor | None = None
 
 
 @dataclass
@@ -67,6 +70,11 @@ class Solver(Protocol):
 
 @runtime_checkable
 class Method(Protocol):
+    """Optional members: ``prepare(batch, generator) -> Batch``, which the harness calls on
+    every training batch before ``loss`` (ahead of time, in a worker thread, when the
+    method sets ``prefetch = True``; each batch gets a generator of its own, so the result
+    does not depend on scheduling), and ``log_likelihood(model, x) -> Tensor``."""
+
     Params: ClassVar[type[Params]]
 
     def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:

@@ -66,6 +66,17 @@ class TrainJob:
     def key(self) -> str:
         return spec_hash(self.spec)
 
+    @property
+    def teacher(self) -> TrainJob | None:
+        """The run whose trained model generates this run's training pairs, if any."""
+        if self.method.teacher is None:
+            return None
+        return TrainJob(self.seed, self.dataset, self.method.teacher.method, self.hardware, self.budget)
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset.name}/{self.method.name}/seed{self.seed}"
+
 
 @dataclass(frozen=True)
 class EvalJob:
@@ -110,18 +121,25 @@ class RunPlan:
 
 
 def make_plan(suite: SuiteSpec) -> RunPlan:
+    """Trainings in dependency order (a teacher before its students), each once by key."""
     plan = RunPlan(suite)
+
+    def add(job: TrainJob) -> None:
+        if job.key in plan.evals:
+            return
+        if job.teacher is not None:
+            add(job.teacher)
+        plan.trainings.append(job)
+        plan.evals[job.key] = []
+
     for dataset in suite.datasets:
         for method in suite.methods:
             for seed in suite.seeds:
                 job = TrainJob(seed, dataset, method, suite.hardware, suite.budget.train)
-                evals = [
+                add(job)
+                # Two method names with identical training specs share one training.
+                plan.evals[job.key].extend(
                     EvalJob(job, sampler, tuple(suite.metrics), suite.budget.eval, suite.name)
                     for sampler in suite.samplers
-                ]
-                if job.key in plan.evals:  # two method names with identical training specs
-                    plan.evals[job.key].extend(evals)
-                    continue
-                plan.trainings.append(job)
-                plan.evals[job.key] = evals
+                )
     return plan

@@ -28,6 +28,7 @@ from harness.spec import (
     SamplerSpec,
     StrictModel,
     SuiteSpec,
+    TeacherSpec,
     validate,
 )
 
@@ -122,6 +123,7 @@ class Resolver:
         self.root = Path(root) if root is not None else default_specs_root()
         self.overrides = list(overrides or [])
         self._used: set[int] = set()
+        self._teacher_chain: list[str] = []
 
     # -- finding and loading files -------------------------------------------------------
 
@@ -192,7 +194,31 @@ class Resolver:
         params = self._params(reg.METHODS, spec.implementation, source, ("params",), ("implementation",))
         network = self._component(reg.NETWORKS, source, "network", spec.network)
         optimizer = self._component(reg.OPTIMIZERS, source, "optimizer", spec.optimizer)
-        return spec.model_copy(update={"params": params, "network": network, "optimizer": optimizer})
+        update = {"params": params, "network": network, "optimizer": optimizer}
+        needs_teacher = getattr(reg.METHODS.get(spec.implementation), "requires_teacher", False)
+        if spec.teacher is not None:
+            update["teacher"] = self._teacher(spec, source)
+        elif needs_teacher:
+            raise SpecError(
+                f"method implementation {spec.implementation!r} trains on a teacher's pairs: "
+                "add teacher: {method: ..., sampler: ...}",
+                source.loc(("implementation",)),
+            )
+        return spec.model_copy(update=update)
+
+    def _teacher(self, spec: MethodSpec, source: Source) -> TeacherSpec:
+        """Resolve ``teacher.method`` and ``teacher.sampler``; a teacher chain may not loop."""
+        teacher = spec.teacher
+        if spec.name in self._teacher_chain:
+            chain = " -> ".join([*self._teacher_chain, spec.name])
+            raise SpecError(f"teacher.method: the teacher chain loops ({chain})", source.loc(("teacher", "method")))
+        self._teacher_chain.append(spec.name)
+        try:
+            method = self.resolve_ref("methods", teacher.method, source, ("teacher", "method"))
+            sampler = self.resolve_ref("samplers", teacher.sampler, source, ("teacher", "sampler"))
+        finally:
+            self._teacher_chain.pop()
+        return teacher.model_copy(update={"method": method, "sampler": sampler})
 
     def _component(self, registry: reg.Registry, source: Source, key: str, data: dict) -> dict:
         """A ``{name: ..., **params}`` mapping such as ``network:`` or ``optimizer:``."""

@@ -8,11 +8,14 @@ trained models are reused from ``models/``, unfinished work is redone.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import sys
 import time
 import traceback
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +31,7 @@ from harness.environment import environment
 from harness.interfaces import Batch
 from harness.measure import NFECounter, PeakMemory, time_calls
 from harness.metrics import EvalContext
-from harness.plan import EvalJob, RunPlan, TrainJob, canonical
+from harness.plan import EvalJob, RunPlan, TrainJob, canonical, spec_hash
 from harness.results import RECORD_SCHEMA, final_keys, record_path, write_json_atomic
 from harness.seeding import generator, seed_everything, stream_seed
 from harness.spec import HardwareSpec
@@ -102,25 +105,94 @@ def build_optimizer(job: TrainJob, network: nn.Module) -> torch.optim.Optimizer:
 
 
 class BatchStream:
-    """Target minibatches: fresh samples each step, or epochs over a fixed train split."""
+    """Training pairs (x_0, x_1) on the CPU, drawn in order from one data generator.
 
-    def __init__(self, dataset: Any, batch_size: int, gen: torch.Generator):
+    Targets are fresh samples every step, or epochs over a fixed train split; with a
+    teacher, both come from the teacher's cached pairs, taken in epochs.
+    """
+
+    def __init__(self, dataset: Any, batch_size: int, gen: torch.Generator, pairs: Pairs | None = None):
         self.dataset = dataset
         self.batch_size = batch_size
         self.gen = gen
-        self.split = dataset.train_split(gen)
+        self.pairs = pairs
+        self.split = None if pairs is not None else dataset.train_split(gen)
         self._order = torch.empty(0, dtype=torch.long)
 
-    def next(self) -> torch.Tensor:
-        if self.split is None:
-            return self.dataset.sample_target(self.batch_size, self.gen)
+    @property
+    def epoch_size(self) -> int | None:
+        if self.pairs is not None:
+            return len(self.pairs.z_0)
+        return None if self.split is None else len(self.split)
+
+    def _indices(self, size: int) -> torch.Tensor:
         while len(self._order) < self.batch_size:
-            self._order = torch.cat([self._order, torch.randperm(len(self.split), generator=self.gen)])
+            self._order = torch.cat([self._order, torch.randperm(size, generator=self.gen)])
         idx, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
-        return self.split[idx]
+        return idx
+
+    def next(self) -> Batch:
+        if self.pairs is not None:
+            idx = self._indices(len(self.pairs.z_0))
+            return Batch(x_0=self.pairs.z_0[idx], x_1=self.pairs.z_1[idx])
+        if self.split is None:
+            x_1 = self.dataset.sample_target(self.batch_size, self.gen)
+        else:
+            x_1 = self.split[self._indices(len(self.split))]
+        return Batch(x_0=self.dataset.sample_source(self.batch_size, self.gen), x_1=x_1)
 
 
-def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
+class PreparedBatches:
+    """Applies the method's optional ``prepare`` to every batch, in order.
+
+    Batch i is prepared with a generator of its own (seeded by run seed and i), so the
+    result is the same whether it runs inline or ahead of time in worker threads, which
+    is how costly pairings (exact OT, Sinkhorn) overlap with the model's step.
+    """
+
+    def __init__(self, stream: BatchStream, method: Any, seed: int, workers: int):
+        self.stream = stream
+        self.prepare = getattr(method, "prepare", None)
+        self.seed = seed
+        self.index = 0
+        self.pool = None
+        self.queue: deque[Future] = deque()
+        if self.prepare is not None and getattr(method, "prefetch", False) and workers > 0:
+            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowgauge-prepare")
+            self.depth = 2 * workers
+
+    def _job(self) -> tuple[Batch, torch.Generator]:
+        batch = self.stream.next()
+        gen = generator(self.seed, f"prepare/{self.index}")
+        self.index += 1
+        return batch, gen
+
+    def next(self) -> Batch:
+        if self.prepare is None:
+            return self.stream.next()
+        if self.pool is None:
+            return self.prepare(*self._job())
+        while len(self.queue) < self.depth:
+            self.queue.append(self.pool.submit(self.prepare, *self._job()))
+        return self.queue.popleft().result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for future in self.queue:
+                future.cancel()
+            self.pool.shutdown(wait=True)
+
+
+@dataclass
+class Pairs:
+    """A teacher's generated pairs: z_1 is the teacher's sample from source noise z_0."""
+
+    z_0: torch.Tensor
+    z_1: torch.Tensor
+    stats: dict[str, Any]
+
+
+def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = None) -> TrainResult:
     """Train under the budget: stop at whichever of steps/seconds/samples/epochs comes first."""
     budget, hw = job.budget, job.hardware
     network = built.network
@@ -128,8 +200,9 @@ def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
     optimizer = build_optimizer(job, network)
     data_gen = generator(job.seed, "data")
     method_gen = generator(job.seed, "method", built.device)
-    stream = BatchStream(built.dataset, job.method.batch_size, data_gen)
-    split_size = None if stream.split is None else len(stream.split)
+    stream = BatchStream(built.dataset, job.method.batch_size, data_gen, pairs)
+    batches = PreparedBatches(stream, built.method, job.seed, hw.prefetch_workers)
+    split_size = stream.epoch_size
     batch_size = job.method.batch_size
 
     def reached(step: int, elapsed: float) -> str | None:
@@ -154,10 +227,9 @@ def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
     network.train()
     start = time.perf_counter()
     while (stopped_by := reached(step, time.perf_counter() - start)) is None:
-        x_1 = stream.next().to(built.device, built.dtype)
-        x_0 = built.dataset.sample_source(batch_size, data_gen).to(built.device, built.dtype)
+        batch = _to(batches.next(), built)
         with autocast(hw, built.device):
-            loss = built.method.loss(model, Batch(x_0=x_0, x_1=x_1), method_gen)
+            loss = built.method.loss(model, batch, method_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -180,6 +252,7 @@ def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
         torch.cuda.synchronize(built.device)
     wall = time.perf_counter() - start
     bar.close()
+    batches.close()
     stats = {
         "steps": step,
         "samples_seen": step * batch_size,
@@ -196,7 +269,16 @@ def train(job: TrainJob, built: Built, progress: bool) -> TrainResult:
         "num_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
         "reused": False,
     }
+    if pairs is not None:
+        stats["teacher_pairs"] = pairs.stats
     return TrainResult(status, stats, model if status == "ok" else None)
+
+
+def _to(batch: Batch, built: Built) -> Batch:
+    def move(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.to(built.device, built.dtype, non_blocking=True)
+
+    return Batch(x_0=move(batch.x_0), x_1=move(batch.x_1), weights=move(batch.weights))
 
 
 def _thin(curve: list[tuple[int, float]]) -> list[list[float]]:
@@ -229,9 +311,21 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict) ->
     timing = time_calls(lambda: sample(model), built.device, job.budget.warmup, job.budget.repeats)
     samples = solution.x.detach().double().cpu().reshape(n, -1).numpy()
     finite = bool(np.isfinite(samples).all())
+    specs = [(spec, reg.METRICS.get(spec.name)) for spec in job.metrics]
+    times, trajectory = [], []
+    if finite and any("trajectory" in metric.needs for _, metric in specs):
+        # A separate recorded call, so that storing states neither costs memory nor time above.
+        with torch.no_grad(), autocast(hw, built.device):
+            recorded = built.method.sample(model, x_0, solver, generator(seed, "eval-method", built.device),
+                                           record=True)
+        times = recorded.times
+        trajectory = [x.detach().double().cpu().reshape(n, -1).numpy() for x in recorded.trajectory]
     ctx = EvalContext(
         samples=samples if finite else None,
         reference=reference.double().reshape(n, -1).numpy(),
+        source=x_0.detach().double().cpu().reshape(n, -1).numpy(),
+        times=times,
+        trajectory=trajectory,
         nfe=counter.nfe(n),
         steps=solution.steps,
         latency_s=timing.median,
@@ -241,9 +335,8 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict) ->
         num_params=train_stats.get("num_params"),
     )
     metrics: dict[str, float | None] = {}
-    for spec in job.metrics:
-        metric = reg.METRICS.get(spec.name)
-        if "samples" in metric.needs and not finite:
+    for spec, metric in specs:
+        if ("samples" in metric.needs or "trajectory" in metric.needs) and not finite:
             metrics[spec.name] = None
             continue
         value = metric.fn(ctx, metric.Params.model_validate(spec.params))
@@ -278,15 +371,22 @@ class Runner:
         summary = Summary()
         write_json_atomic(self.results_dir / "suite.json", {"schema": RECORD_SCHEMA, "suite": canonical(plan.suite)})
         done = final_keys(self.results_dir)
-        bar = tqdm(plan.trainings, desc=f"suite {plan.suite.name}", unit="run", disable=not self.progress)
-        for job in bar:
-            todo = [e for e in plan.evals[job.key] if e.key not in done]
-            for _ in range(len(plan.evals[job.key]) - len(todo)):
+        pending = {job.key: [e for e in plan.evals[job.key] if e.key not in done] for job in plan.trainings}
+        for job in plan.trainings:
+            for _ in range(len(plan.evals[job.key]) - len(pending[job.key])):
                 summary.add("cached")
-            if not todo:
-                continue
-            bar.set_postfix_str(f"{job.dataset.name}/{job.method.name}/seed{job.seed}")
-            self._run_training(job, todo, summary)
+        # A teacher is needed when a student that still has to train needs its pairs or weights.
+        needed: set[str] = set()
+        for job in reversed(plan.trainings):  # students come after their teachers
+            if pending[job.key] or job.key in needed:
+                needed.add(job.key)
+                if job.teacher is not None and not self.model_path(job.key).is_file():
+                    needed.add(job.teacher.key)
+        jobs = [job for job in plan.trainings if job.key in needed]
+        bar = tqdm(jobs, desc=f"suite {plan.suite.name}", unit="run", disable=not self.progress)
+        for job in bar:
+            bar.set_postfix_str(job.label)
+            self._run_training(job, pending[job.key], summary)
         return summary
 
     def _run_training(self, job: TrainJob, evals: list[EvalJob], summary: Summary) -> None:
@@ -314,17 +414,29 @@ class Runner:
             self._write(e, status, metrics, measurements, result.stats)
             summary.add(status)
 
+    def _load_weights(self, job: TrainJob, network: nn.Module, device: torch.device) -> None:
+        path = self.model_path(job.key)
+        if not path.is_file():
+            raise RuntimeError(f"run {job.label} ({job.key}) has no trained model at {path}: it diverged or failed")
+        try:
+            network.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        except RuntimeError as err:
+            raise RuntimeError(f"weights of {job.label} do not fit this network: {err}") from None
+
     def _train_or_load(self, job: TrainJob, built: Built) -> TrainResult:
         path = self.model_path(job.key)
         stats_path = path.with_suffix(".json")
         if path.is_file() and stats_path.is_file():
-            import json
-
-            built.network.load_state_dict(torch.load(path, map_location=built.device, weights_only=True))
+            self._load_weights(job, built.network, built.device)
             stats = {**json.loads(stats_path.read_text())["train"], "reused": True}
             model = torch.compile(built.network) if job.hardware.compile else built.network
             return TrainResult("ok", stats, model)
-        result = train(job, built, self.progress)
+        pairs = None
+        if job.teacher is not None:
+            pairs = self._teacher_pairs(job, built.device)
+            if job.method.teacher.init == "teacher":
+                self._load_weights(job.teacher, built.network, built.device)
+        result = train(job, built, self.progress, pairs)
         if result.status == "ok":
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".pt.tmp")
@@ -332,6 +444,38 @@ class Runner:
             os.replace(tmp, path)
             write_json_atomic(stats_path, {"key": job.key, "spec": job.spec, "train": result.stats})
         return result
+
+    def _teacher_pairs(self, job: TrainJob, device: torch.device) -> Pairs:
+        """The teacher's (z_0, z_1) pairs: loaded when cached, else generated and cached."""
+        spec = job.method.teacher
+        teacher = job.teacher
+        key = spec_hash({"teacher": teacher.key, "sampler": canonical(spec.sampler), "num_pairs": spec.num_pairs})
+        path = self.results_dir / "pairs" / f"{teacher.key}__{key}.pt"
+        if path.is_file():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            return Pairs(data["z_0"], data["z_1"], {**json.loads(data["stats"]), "reused": True})
+        built = build(teacher, device)
+        self._load_weights(teacher, built.network, device)
+        solver_cls = reg.SOLVERS.get(spec.sampler.solver)
+        solver = solver_cls(solver_cls.Params.model_validate(spec.sampler.params))
+        z_0 = built.dataset.sample_source(spec.num_pairs, generator(job.seed, "teacher-pairs"))
+        counter = NFECounter(built.network)
+        built.network.eval()
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(teacher.hardware, device):
+            solution = built.method.sample(counter, z_0.to(device, built.dtype), solver,
+                                           generator(job.seed, "teacher-pairs-method", device))
+        z_1 = solution.x.detach().to("cpu", torch.float32)
+        if not torch.isfinite(z_1).all():
+            raise RuntimeError(f"teacher {teacher.label} generated non-finite pairs")
+        stats = {"teacher_key": teacher.key, "teacher": teacher.method.name, "sampler": spec.sampler.name,
+                 "num_pairs": spec.num_pairs, "nfe": counter.nfe(spec.num_pairs),
+                 "seconds": time.perf_counter() - start, "reused": False}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"z_0": z_0, "z_1": z_1, "stats": json.dumps(stats)}, tmp)
+        os.replace(tmp, path)
+        return Pairs(z_0, z_1, stats)
 
     def _write(self, job: EvalJob, status: str, metrics: dict, measurements: dict, train_stats: dict,
                error: str | None = None) -> None:

@@ -4,6 +4,6 @@ Importing this package registers every method, network, dataset, solver and opti
 the harness registries. Each module opens with the paper and algorithm it implements.
 """
 
-from implementations import flow_matching, networks, optimizers, rectified_flow  # noqa: F401
+from implementations import distillation, flow_matching, networks, optimizers, rectified_flow  # noqa: F401
 from implementations.common import solvers  # noqa: F401
 from implementations.datasets import toy2d  # noqa: F401

@@ -24,14 +24,15 @@ Geometries (each is a parameterised family; spec files fix the values):
 from __future__ import annotations
 
 import math
-from typing import Annotated, ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 import torch
-from pydantic import BeforeValidator, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from harness.interfaces import Params
 from harness.registry import DATASETS
+from harness.spec import named_union
 
 
 class Distribution2D(Params):
@@ -100,16 +101,7 @@ class Spirals(Distribution2D):
         return points + self.noise * torch.randn(n, 2, generator=generator)
 
 
-def _named(value: object) -> object:
-    """``moons`` is shorthand for ``{name: moons}``."""
-    return {"name": value} if isinstance(value, str) else value
-
-
-AnyDistribution2D = Annotated[
-    Union[Normal, EightGaussians, Moons, Checkerboard, Spirals],  # noqa: UP007
-    BeforeValidator(_named),
-    Field(discriminator="name"),
-]
+AnyDistribution2D = named_union(Normal, EightGaussians, Moons, Checkerboard, Spirals)
 
 
 class Toy2DParams(Params):

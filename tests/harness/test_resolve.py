@@ -24,18 +24,20 @@ def test_quickstart_resolves_with_defaults_filled_in():
     suite = load_suite("quickstart", root=SPECS)
     assert suite.hardware.device == "cpu"
     icfm = next(m for m in suite.methods if m.name == "icfm")
-    assert icfm.params == {"coupling": "independent", "sigma": 0.1}
+    assert icfm.params == {"coupling": {"name": "independent"}, "path": {"name": "linear", "sigma": 0.1},
+                           "time_sampler": {"name": "uniform"}, "loss": {"name": "mse", "reduce": "mean"}}
     assert icfm.network["time_embedding"] == "concat"  # default filled in
     assert icfm.optimizer["betas"] == [0.9, 0.999]
     assert {s.name for s in suite.samplers} >= {"euler-1", "euler-8", "heun-8", "dopri5"}
 
 
 def test_extends_merges_mappings_and_replaces_values(spec_root):
-    write(spec_root / "methods" / "icfm-wide.yaml", "extends: icfm\nnetwork: {width: 128}\nparams: {sigma: 0.0}\n")
+    write(spec_root / "methods" / "icfm-wide.yaml", "extends: icfm\nnetwork: {width: 128}\nparams: {path: {sigma: 0.0}}\n")
     spec = Resolver(spec_root).validate_file(spec_root / "methods" / "icfm-wide.yaml")
     assert spec.name == "icfm-wide"
     assert spec.network["width"] == 128 and spec.network["depth"] == 3 and spec.network["name"] == "mlp"
-    assert spec.params == {"coupling": "independent", "sigma": 0.0}
+    assert spec.params["path"] == {"name": "linear", "sigma": 0.0}
+    assert spec.params["coupling"] == {"name": "independent"}
     assert spec.paper is not None and "minibatch optimal transport" in spec.paper.title
 
 
@@ -47,29 +49,29 @@ def test_extends_cycle_is_reported(spec_root):
 
 
 def test_inline_spec_in_a_suite(spec_root):
-    text = SUITE.replace("methods: [icfm]", "methods:\n  - icfm\n  - {name: icfm-0, extends: icfm, params: {sigma: 0.0}}")
+    text = SUITE.replace("methods: [icfm]", "methods:\n  - icfm\n  - {name: icfm-0, extends: icfm, params: {path: {sigma: 0.0}}}")
     write(spec_root / "suites" / "s.yaml", text)
     suite = Resolver(spec_root).suite("s")
     assert [m.name for m in suite.methods] == ["icfm", "icfm-0"]
-    assert suite.methods[1].params["sigma"] == 0.0
+    assert suite.methods[1].params["path"]["sigma"] == 0.0
 
 
 def test_inline_spec_errors_point_into_the_suite(spec_root):
-    text = SUITE.replace("methods: [icfm]", "methods:\n  - {name: x, implementation: cfm, params: {sigma: -1}}")
+    text = SUITE.replace("methods: [icfm]", "methods:\n  - {name: x, implementation: cfm, params: {path: {name: linear, sigma: -1}}}")
     write(spec_root / "suites" / "s.yaml", text)
     with pytest.raises(SpecError) as info:
         Resolver(spec_root).suite("s")
-    assert str(info.value).endswith("suites/s.yaml:5: params.sigma: must be >= 0, got -1")
+    assert str(info.value).endswith("suites/s.yaml:5: params.path.sigma: must be >= 0, got -1")
 
 
 def test_overrides_reach_suite_fields_and_referenced_specs(spec_root):
     write(spec_root / "suites" / "s.yaml", SUITE)
     overrides = [Override.parse(t) for t in (
-        "budget.train.steps=77", "methods.icfm.params.sigma=0.25", "hardware.threads=1",
+        "budget.train.steps=77", "methods.icfm.params.path.sigma=0.25", "hardware.threads=1",
         "samplers.euler-1.params.steps=3", "seeds=[1, 2]")]
     suite = Resolver(spec_root, overrides).suite("s")
     assert suite.budget.train.steps == 77
-    assert suite.methods[0].params["sigma"] == 0.25
+    assert suite.methods[0].params["path"]["sigma"] == 0.25
     assert suite.hardware.threads == 1
     assert suite.samplers[0].params["steps"] == 3
     assert suite.seeds == [1, 2]
@@ -100,7 +102,7 @@ def test_training_key_ignores_samplers_metrics_and_descriptions(spec_root):
     assert base.evals[base.trainings[0].key][0].key != more.evals[more.trainings[0].key][0].key
     desc = [Override.parse("methods.icfm.description=renamed")]
     assert make_plan(Resolver(spec_root, desc).suite("s")).trainings[0].key == base.trainings[0].key
-    sigma = [Override.parse("methods.icfm.params.sigma=0.3")]
+    sigma = [Override.parse("methods.icfm.params.path.sigma=0.3")]
     assert make_plan(Resolver(spec_root, sigma).suite("s")).trainings[0].key != base.trainings[0].key
 
 

@@ -60,16 +60,16 @@ def test_wrong_type_in_method_params(spec_root):
 implementation: cfm
 params:
   coupling: independent
-  sigma: abc
+  path: {name: linear, sigma: abc}
 """)
     result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [broken]"))
-    _expect_error(result, "methods/broken.yaml:4:", "params.sigma: expected a number, got 'abc'", out)
+    _expect_error(result, "methods/broken.yaml:4:", "params.path.sigma: expected a number, got 'abc'", out)
 
 
 def test_unknown_param_of_an_implementation(spec_root):
-    write(spec_root / "methods" / "broken.yaml", "implementation: cfm\nparams:\n  sigmaa: 0.1\n")
+    write(spec_root / "methods" / "broken.yaml", "implementation: cfm\nparams:\n  couplng: exact_ot\n")
     result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [broken]"))
-    _expect_error(result, "methods/broken.yaml:3:", "params.sigmaa: unknown key 'sigmaa'; did you mean 'sigma'?", out)
+    _expect_error(result, "methods/broken.yaml:3:", "params.couplng: unknown key 'couplng'; did you mean 'coupling'?", out)
 
 
 def test_unknown_method_name(spec_root):
@@ -149,14 +149,16 @@ def test_duplicate_key(spec_root):
 
 
 def test_bad_override_names_the_command_line(spec_root):
-    result, out = _run(spec_root, SUITE, "--set", "methods.icfm.params.sigma=abc")
-    _expect_error(result, "--set methods.icfm.params.sigma=abc:", "params.sigma: expected a number, got 'abc'", out)
-    result, out = _run(spec_root, SUITE, "--set", "methods.icfn.params.sigma=0.2")
-    _expect_error(result, "--set methods.icfn.params.sigma=0.2:", "the suite has no method 'icfn'; did you mean 'icfm'?", out)
+    result, out = _run(spec_root, SUITE, "--set", "methods.icfm.params.path.sigma=abc")
+    _expect_error(result, "--set methods.icfm.params.path.sigma=abc:", "params.path.sigma: expected a number, got 'abc'",
+                  out)
+    result, out = _run(spec_root, SUITE, "--set", "methods.icfn.params.path.sigma=0.2")
+    _expect_error(result, "--set methods.icfn.params.path.sigma=0.2:", "the suite has no method 'icfn'; did you mean 'icfm'?",
+                  out)
 
 
 def test_bad_extends(spec_root):
-    write(spec_root / "methods" / "child.yaml", "extends: icfn\nparams: {sigma: 0.0}\n")
+    write(spec_root / "methods" / "child.yaml", "extends: icfn\nparams: {path: {sigma: 0.0}}\n")
     result, out = _run(spec_root, SUITE.replace("methods: [icfm]", "methods: [child]"))
     _expect_error(result, "methods/child.yaml:1:", "unknown method 'icfn'", out)
 

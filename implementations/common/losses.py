@@ -1,0 +1,53 @@
+"""Regression losses on the velocity residual Δ = v_θ(x_t, t) − u_t, reduced per sample
+and then averaged over the batch with optional per-pair weights (W-CFM).
+
+- ``mse``:          ‖Δ‖², averaged over dimensions (``reduce: mean``, TorchCFM) or summed
+                    (``reduce: sum``, the Rectified Flow code). Only a constant factor apart.
+- ``pseudo_huber``: √(‖Δ‖² + c²) − c (Song & Dhariwal 2023; used for rectified flows by
+                    Lee et al. 2024), c = 0.00054·√d by default, d the data dimension.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import PositiveFloat
+from torch import Tensor
+
+from harness.interfaces import Params
+from harness.spec import named_union
+
+
+class Loss(Params):
+    def per_sample(self, residual: Tensor) -> Tensor:
+        """(batch, *dims) residual -> (batch,) losses."""
+        raise NotImplementedError
+
+    def __call__(self, residual: Tensor, weights: Tensor | None = None) -> Tensor:
+        per_sample = self.per_sample(residual)
+        if weights is None:
+            return per_sample.mean()
+        return (weights * per_sample).sum() / weights.sum()
+
+
+class MSE(Loss):
+    name: Literal["mse"] = "mse"
+    reduce: Literal["mean", "sum"] = "mean"
+
+    def per_sample(self, residual: Tensor) -> Tensor:
+        sq = residual.reshape(residual.shape[0], -1).square()
+        return sq.mean(dim=1) if self.reduce == "mean" else sq.sum(dim=1)
+
+
+class PseudoHuber(Loss):
+    name: Literal["pseudo_huber"] = "pseudo_huber"
+    c: PositiveFloat | None = None  # None: 0.00054·√d
+
+    def per_sample(self, residual: Tensor) -> Tensor:
+        flat = residual.reshape(residual.shape[0], -1)
+        c = self.c if self.c is not None else 0.00054 * math.sqrt(flat.shape[1])
+        return (flat.square().sum(dim=1) + c**2).sqrt() - c
+
+
+AnyLoss = named_union(MSE, PseudoHuber)
