@@ -3,7 +3,8 @@ harness and the implementations. Heavy imports (torch) happen inside the command
 ``flowgauge --help`` returns at once.
 
 Exit status: 0 success; 1 a run failed (a harness or implementation error, recorded);
-2 bad input (spec errors, unknown names, bad arguments); 130 interrupted.
+2 bad input (spec errors, unknown names, bad arguments); 3 ``claims --strict`` found a claim
+not reproduced; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 EXIT_FAILED_RUNS = 1
 EXIT_USER_ERROR = 2
+EXIT_CLAIM_FAILED = 3
 
 LIST_KINDS = ("methods", "datasets", "samplers", "metrics", "suites", "hardware", "solvers", "networks",
               "optimizers")
@@ -43,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list what specs and registries provide")
     lst.add_argument("kind", choices=LIST_KINDS)
+
+    claims = sub.add_parser("claims", help="check the published claims of a suite against its records")
+    claims.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    claims.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
+    claims.add_argument("--strict", action="store_true",
+                        help=f"exit {EXIT_CLAIM_FAILED} when a claim is not reproduced or not run")
 
     board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
@@ -141,7 +149,25 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard}
+def cmd_claims(args: argparse.Namespace) -> int:
+    _load_registries()
+    from harness.errors import SpecError
+    from harness.leaderboard import claims_report
+
+    if not (args.results / "suite.json").is_file():
+        raise SpecError(f"no suite.json in {args.results}: not a flowgauge results directory")
+    text, results = claims_report(args.results, args.format)
+    if not results:
+        print("the suite and its methods make no claims")
+        return 0
+    print(text)
+    counts = {v: sum(r.verdict == v for r in results) for v in ("reproduced", "not reproduced", "not run")}
+    print(", ".join(f"{n} {v}" for v, n in counts.items()), file=sys.stderr)
+    return EXIT_CLAIM_FAILED if args.strict and counts["reproduced"] < len(results) else 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
+            "claims": cmd_claims}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,6 +190,21 @@ def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
     return [], "w2", 4
 
 
+def claims_report(results_dir: Path, fmt: str = "markdown") -> tuple[str, list]:
+    """The claims table of a results directory and the verdicts behind it."""
+    from harness.claims import evaluate, render as render_claims, suite_claims
+    from harness.results import read_records, records_frame
+
+    path = results_dir / "suite.json"
+    if not path.is_file():
+        return "", []
+    claims = suite_claims(json.loads(path.read_text())["suite"])
+    if not claims:
+        return "", []
+    results = [evaluate(c, records_frame(read_records(results_dir))) for c in claims]
+    return render_claims(results, fmt), results
+
+
 def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None) -> str:
     from harness.results import read_records, records_frame
 
@@ -207,4 +222,9 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
     for m in metrics:
         if m not in frame:
             frame[m] = None
-    return render(build_tables(frame, metrics, rank), fmt, precision)
+    text = render(build_tables(frame, metrics, rank), fmt, precision)
+    if fmt in ("markdown", "html"):
+        claims, _ = claims_report(results_dir, fmt)
+        if claims:
+            text += ("\n\n### Claims\n\n" if fmt == "markdown" else "\n\n<h3>Claims</h3>\n") + claims
+    return text

@@ -24,7 +24,7 @@ from harness.spec import (
     TrainBudget,
 )
 
-DESCRIPTIVE = {"name", "description", "paper"}
+DESCRIPTIVE = {"name", "description", "paper", "claims"}
 
 
 def canonical(obj: Any) -> Any:

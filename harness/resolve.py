@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness import registry as reg
+from harness.claims import Claim, parse_relation
 from harness.errors import Loc, SpecError
 from harness.registry import did_you_mean
 from harness.source import KeyPath, Source, display_path, load_yaml
@@ -96,16 +97,24 @@ def apply_override(source: Source, path: KeyPath, value: Any, loc: Loc) -> None:
     source.locs[tuple(path)] = loc
 
 
+def _mergeable(a: Any, b: Any) -> bool:
+    """Mappings merge, unless both name a component and the names differ: a child that
+    switches ``path: {name: vp}`` must not inherit the parent path's parameters."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return False
+    return not ("name" in a and "name" in b and a["name"] != b["name"])
+
+
 def _merge(parent: Source, child: Source) -> Source:
     """Deep-merge ``child`` over ``parent``: mappings merge, everything else replaces."""
     locs = dict(parent.locs)
 
     def merge(a: Any, b: Any, path: KeyPath) -> Any:
-        if isinstance(a, dict) and isinstance(b, dict):
+        if _mergeable(a, b):
             out = dict(a)
             for key, value in b.items():
                 out[key] = merge(a.get(key), value, (*path, key)) if key in a else value
-                if key not in a or not (isinstance(a[key], dict) and isinstance(value, dict)):
+                if key not in a or not _mergeable(a[key], value):
                     for p in [p for p in locs if p[: len(path) + 1] == (*path, key)]:
                         del locs[p]
             return out
@@ -194,7 +203,8 @@ class Resolver:
         params = self._params(reg.METHODS, spec.implementation, source, ("params",), ("implementation",))
         network = self._component(reg.NETWORKS, source, "network", spec.network)
         optimizer = self._component(reg.OPTIMIZERS, source, "optimizer", spec.optimizer)
-        update = {"params": params, "network": network, "optimizer": optimizer}
+        update = {"params": params, "network": network, "optimizer": optimizer,
+                  "claims": self._claims(spec.claims, source, default_method=spec.name)}
         needs_teacher = getattr(reg.METHODS.get(spec.implementation), "requires_teacher", False)
         if spec.teacher is not None:
             update["teacher"] = self._teacher(spec, source)
@@ -205,6 +215,25 @@ class Resolver:
                 source.loc(("implementation",)),
             )
         return spec.model_copy(update=update)
+
+    def _claims(self, claims: list[Claim], source: Source, default_method: str | None = None,
+                methods: list[str] | None = None) -> list[Claim]:
+        """Fill in the owning method and check every metric (and, in a suite, method) named."""
+        out = []
+        for i, claim in enumerate(claims):
+            loc = source.loc(("claims", i))
+            if claim.relation is None and claim.method is None:
+                if default_method is None:
+                    raise SpecError(f"claims[{i}]: a suite claim needs method:", loc)
+                claim = claim.model_copy(update={"method": default_method})
+            named = ([(claim.metric, claim.method)] if claim.relation is None
+                     else [(t.metric, t.method) for t in parse_relation(claim.relation).terms()])
+            for metric, method in named:
+                reg.METRICS.get(metric, loc)
+                if methods is not None and method not in methods:
+                    raise SpecError(f"claims[{i}]: the suite has no method {method!r}" + did_you_mean(method, methods), loc)
+            out.append(claim)
+        return out
 
     def _teacher(self, spec: MethodSpec, source: Source) -> TeacherSpec:
         """Resolve ``teacher.method`` and ``teacher.sampler``; a teacher chain may not loop."""
@@ -293,7 +322,9 @@ class Resolver:
         self._check_leaderboard(raw, metrics, source)
         if len(set(raw.seeds)) != len(raw.seeds):
             raise SpecError(f"seeds: duplicate seed in {raw.seeds}", source.loc(("seeds",)))
+        claims = self._claims(raw.claims, source, methods=[m.name for m in resolved["methods"]])
         return SuiteSpec(
+            claims=claims,
             name=raw.name,
             description=raw.description,
             hardware=hardware,

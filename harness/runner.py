@@ -192,6 +192,61 @@ class Pairs:
     stats: dict[str, Any]
 
 
+class Validation:
+    """Early stopping on a fixed validation set: pairs drawn once from their own stream,
+    prepared once, and scored with the same loss randomness (t, ε) at every check, so
+    that successive checks compare the weights and nothing else."""
+
+    def __init__(self, job: TrainJob, built: Built):
+        self.spec = job.budget.early_stopping
+        self.job, self.built = job, built
+        gen = generator(job.seed, "validation")
+        n, bs = self.spec.val_size, job.method.batch_size
+        x_0 = built.dataset.sample_source(n, gen)
+        x_1 = built.dataset.sample_target(n, gen)
+        prepare = getattr(built.method, "prepare", None)
+        self.batches = []
+        for i in range(0, n, bs):
+            batch = Batch(x_0=x_0[i:i + bs], x_1=x_1[i:i + bs])
+            if prepare is not None:
+                batch = prepare(batch, generator(job.seed, f"validation-prepare/{i}"))
+            self.batches.append(_to(batch, built))
+        self.best, self.best_step, self.best_state, self.bad = math.inf, 0, None, 0
+        self.curve: list[tuple[int, float]] = []
+
+    def due(self, step: int, epoch_size: int | None) -> bool:
+        if self.spec.every_steps is not None:
+            return step % self.spec.every_steps == 0
+        if not epoch_size:
+            raise RuntimeError("early_stopping.every_epochs needs a fixed train split (dataset train_size)")
+        every = max(1, round(self.spec.every_epochs * epoch_size / self.job.method.batch_size))
+        return step % every == 0
+
+    @torch.no_grad()
+    def check(self, model: nn.Module, step: int) -> bool:
+        """Score the current weights; True when patience has run out."""
+        gen = generator(self.job.seed, "validation-loss", self.built.device)
+        self.built.network.eval()
+        with autocast(self.job.hardware, self.built.device):
+            losses = [float(self.built.method.loss(model, b, gen)) * len(b.x_0) for b in self.batches]
+        self.built.network.train()
+        value = sum(losses) / self.spec.val_size
+        self.curve.append((step, value))
+        if value < self.best:
+            self.best, self.best_step, self.bad = value, step, 0
+            if self.spec.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in self.built.network.state_dict().items()}
+        else:
+            self.bad += 1
+        return self.bad >= self.spec.patience
+
+    def finish(self) -> dict[str, Any]:
+        if self.best_state is not None:
+            self.built.network.load_state_dict(self.best_state)
+        return {"best_val_loss": self.best, "best_step": self.best_step, "restored_best": self.best_state is not None,
+                "val_curve": [[s, v] for s, v in self.curve]}
+
+
 def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = None) -> TrainResult:
     """Train under the budget: stop at whichever of steps/seconds/samples/epochs comes first."""
     budget, hw = job.budget, job.hardware
@@ -224,6 +279,7 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     # Per-step bars only on a terminal: in a log file they would be thousands of lines.
     bar = tqdm(total=budget.steps, desc=f"train {job.method.name}/{job.dataset.name}/s{job.seed}",
                leave=False, disable=not (progress and sys.stderr.isatty()), unit="step")
+    validation = Validation(job, built) if budget.early_stopping is not None else None
     network.train()
     start = time.perf_counter()
     while (stopped_by := reached(step, time.perf_counter() - start)) is None:
@@ -248,6 +304,9 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
             if not math.isfinite(mean):
                 status, stopped_by = "diverged", "non-finite loss"
                 break
+        if validation is not None and validation.due(step, split_size) and validation.check(model, step):
+            stopped_by = "early stopping"
+            break
     if built.device.type == "cuda":
         torch.cuda.synchronize(built.device)
     wall = time.perf_counter() - start
@@ -271,6 +330,8 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     }
     if pairs is not None:
         stats["teacher_pairs"] = pairs.stats
+    if validation is not None and status == "ok":
+        stats["early_stopping"] = validation.finish()
     return TrainResult(status, stats, model if status == "ok" else None)
 
 

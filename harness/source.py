@@ -7,6 +7,7 @@ document is composed we keep each node's line, so that any later error about
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,12 @@ class Source:
         return self.locs.get((), self.origin)
 
     def sub(self, path: KeyPath) -> Source:
-        """The part of this source below ``path``, re-rooted."""
+        """The part of this source below ``path``, re-rooted, as a copy (YAML aliases share
+        objects, and resolution edits what it is given)."""
         data = self.data
         for key in path:
             data = data[key]
+        data = copy.deepcopy(data)
         n = len(path)
         locs = {p[n:]: loc for p, loc in self.locs.items() if p[:n] == tuple(path)}
         return Source(data, locs, self.loc(path))

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.claims import Claim
 from harness.errors import SpecError
 from harness.registry import did_you_mean
 from harness.source import KeyPath, Source
@@ -65,6 +66,7 @@ class MethodSpec(StrictModel):
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam"})
     batch_size: PositiveInt = 256
     teacher: TeacherSpec | None = None
+    claims: list[Claim] = Field(default_factory=list, description="published results of this method")
 
 
 class DatasetSpec(StrictModel):
@@ -103,6 +105,22 @@ class HardwareSpec(StrictModel):
 # --- parts of a suite -----------------------------------------------------------------
 
 
+class EarlyStopping(StrictModel):
+    """Stop when the validation loss has not improved for ``patience`` checks."""
+
+    every_epochs: PositiveFloat | None = Field(None, description="check every so many epochs of the train split")
+    every_steps: PositiveInt | None = Field(None, description="check every so many steps")
+    patience: PositiveInt = 10
+    restore_best: bool = Field(True, description="end with the weights of the best check")
+    val_size: PositiveInt = Field(1000, description="validation pairs, drawn fresh from the dataset's generators")
+
+    @model_validator(mode="after")
+    def _every(self) -> EarlyStopping:
+        if (self.every_epochs is None) == (self.every_steps is None):
+            raise ValueError("give exactly one of every_epochs or every_steps")
+        return self
+
+
 class TrainBudget(StrictModel):
     """Training stops at whichever limit is reached first. At least one must be given."""
 
@@ -111,6 +129,7 @@ class TrainBudget(StrictModel):
     samples: PositiveInt | None = None
     epochs: PositiveFloat | None = Field(None, description="passes over a fixed train split")
     log_every: PositiveInt = Field(50, description="loss-curve resolution and divergence-check interval")
+    early_stopping: EarlyStopping | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> TrainBudget:
@@ -157,6 +176,7 @@ class RawSuite(StrictModel):
     samplers: Annotated[list[SpecRef], Field(min_length=1)]
     metrics: Annotated[list[str | MetricSpec], Field(min_length=1)] = ["w2", "mmd", "nfe", "latency"]
     leaderboard: LeaderboardSpec = LeaderboardSpec()
+    claims: list[Claim] = Field(default_factory=list)
 
 
 class SuiteSpec(StrictModel):
@@ -172,6 +192,7 @@ class SuiteSpec(StrictModel):
     samplers: list[SamplerSpec]
     metrics: list[MetricSpec]
     leaderboard: LeaderboardSpec
+    claims: list[Claim] = Field(default_factory=list)
 
 
 TeacherSpec.model_rebuild()

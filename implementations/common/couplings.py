@@ -92,16 +92,28 @@ class ExactOT(Coupling):
 class Sinkhorn(Coupling):
     name: Literal["sinkhorn"] = "sinkhorn"
     reg: PositiveFloat | None = None  # None: 2σ² of the method's path (SB-CFM)
+    method: Literal["sinkhorn", "sinkhorn_log"] = "sinkhorn"
     max_iter: PositiveInt = 1000
     tol: PositiveFloat = 1e-9
     costly: ClassVar[bool] = True
 
     def plan(self, cost: np.ndarray, reg: float) -> np.ndarray:
+        """The entropic plan with uniform marginals. Plain Sinkhorn (POT's default, as in
+        TorchCFM) underflows when reg is small against the costs; that is an error here,
+        not a silent fall-back to the independent plan."""
+        import warnings
+
         import ot
 
         n, m = cost.shape
-        return ot.sinkhorn(np.full(n, 1.0 / n), np.full(m, 1.0 / m), cost, reg,
-                           method="sinkhorn_log", numItermax=self.max_iter, stopThr=self.tol)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = ot.sinkhorn(np.full(n, 1.0 / n), np.full(m, 1.0 / m), cost, reg,
+                               method=self.method, numItermax=self.max_iter, stopThr=self.tol)
+        if not np.isfinite(plan).all() or abs(plan.sum() - 1.0) > 1e-3:
+            raise ValueError(f"Sinkhorn with reg={reg:g} failed numerically on costs up to {cost.max():.3g}; "
+                             "raise reg or use method: sinkhorn_log")
+        return plan
 
     def pair(self, x_0: Tensor, x_1: Tensor, generator: torch.Generator) -> Pairing:
         if self.reg is None:
@@ -116,10 +128,14 @@ class Sinkhorn(Coupling):
 class Gibbs(Coupling):
     name: Literal["gibbs"] = "gibbs"
     epsilon: PositiveFloat = 1.0
+    # "absolute": ε as given; "mean_cost": ε times the batch's mean pair cost, which makes
+    # one ε serve datasets of different scales (a flowgauge choice, not from the paper).
+    epsilon_scale: Literal["absolute", "mean_cost"] = "absolute"
 
     def pair(self, x_0: Tensor, x_1: Tensor, generator: torch.Generator) -> Pairing:
         cost = (x_0 - x_1).reshape(x_0.shape[0], -1).square().sum(dim=1)
-        log_w = -cost / self.epsilon
+        epsilon = self.epsilon * (cost.mean() if self.epsilon_scale == "mean_cost" else 1.0)
+        log_w = -cost / epsilon
         weights = torch.softmax(log_w, dim=0) * x_0.shape[0]  # self-normalised, mean 1
         return Pairing(x_0, x_1, weights.detach())
 

@@ -12,10 +12,16 @@ Geometries (each is a parameterised family; spec files fix the values):
   covariance √0.1·I, i.e. std = 0.1^(1/4) ≈ 0.562; ``torchdyn``'s generator ignores its
   radius argument, so this one is written out here.
 - ``moons``: two interleaved half circles (the shape of sklearn's ``make_moons``), with
-  angles drawn uniformly instead of on a grid so that samples are i.i.d., Gaussian noise
-  ``noise``, then mapped by x ↦ scale·x + shift.
+  angles drawn uniformly instead of on a grid so that samples are i.i.d.; Gaussian noise
+  ``noise`` (sklearn), or torchdyn's ``generate_moons`` noise, one U(0, noise) shift added
+  to both coordinates (the TorchCFM tutorials' data); optionally standardised by the
+  pooled scalar mean and std (the TorchCFM runner's moons→8gaussians source); then
+  x ↦ scale·x + shift.
 - ``checkerboard``: uniform on the 8 black squares of a 4×4 board of side ``scale``
   (FFJORD's toy), centred at the origin.
+- ``scurve``: sklearn's S curve seen from the side (columns 0 and 2), as the TorchCFM
+  runner uses it.
+- ``gmm``: any equal-weight isotropic Gaussian mixture (the Rectified Flow toy problems).
 - ``spirals``: two interleaved Archimedean spirals r = θ, θ = √u·3π, u ~ U(0, 1), each
   point jittered by U(0, 0.5)² as in FFJORD's ``2spirals``, then scaled by 1/3 with
   Gaussian noise ``noise`` added.
@@ -65,16 +71,44 @@ class EightGaussians(Distribution2D):
 class Moons(Distribution2D):
     name: Literal["moons"] = "moons"
     noise: NonNegativeFloat = 0.2
+    noise_type: Literal["gaussian", "diagonal_uniform"] = "gaussian"
+    standardize: bool = False
     scale: float = 3.0
-    shift: float = -1.0
+    shift: float | tuple[float, float] = -1.0
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         upper = torch.rand(n, generator=generator) < 0.5
         theta = math.pi * torch.rand(n, generator=generator)
         x = torch.where(upper, theta.cos(), 1.0 - theta.cos())
         y = torch.where(upper, theta.sin(), 0.5 - theta.sin())
-        points = torch.stack([x, y], dim=1) + self.noise * torch.randn(n, 2, generator=generator)
-        return self.scale * points + self.shift
+        points = torch.stack([x, y], dim=1)
+        if self.noise_type == "gaussian":  # sklearn's make_moons
+            points = points + self.noise * torch.randn(n, 2, generator=generator)
+        else:  # torchdyn's generate_moons: one U(0, noise) shift added to both coordinates
+            points = points + self.noise * torch.rand(n, 1, generator=generator)
+        if self.standardize:
+            mean, std = self.moments()
+            points = (points - mean) / std
+        return self.scale * points + torch.as_tensor(self.shift, dtype=points.dtype)
+
+    def moments(self) -> tuple[float, float]:
+        """Mean and standard deviation over both coordinates pooled (one scalar each), as the
+        DSB / TorchCFM code standardises its moons; exact for uniform angles θ ~ U(0, π).
+
+        Before noise, with E[cos θ] = 0, E[sin θ] = 2/π, E[cos² θ] = E[sin² θ] = 1/2:
+        E[x] = 1/2, E[y] = 1/4, E[x²] = 1, E[y²] = 1/2·(1/2) + 1/2·(1/4 − 2/π + 1/2).
+        """
+        e_sin, e_sin2 = 2 / math.pi, 0.5
+        if self.noise_type == "gaussian":
+            shift_mean, shift_var = 0.0, self.noise**2
+        else:
+            shift_mean, shift_var = self.noise / 2, self.noise**2 / 12
+        ex, ey = 0.5 + shift_mean, 0.25 + shift_mean
+        ex2 = 0.5 * 0.5 + 0.5 * (1 + 0.5) + shift_var + 2 * 0.5 * shift_mean + shift_mean**2
+        ey2 = (0.5 * e_sin2 + 0.5 * (0.25 - e_sin + e_sin2)) + shift_var + 2 * 0.25 * shift_mean + shift_mean**2
+        mean = (ex + ey) / 2
+        var = (ex2 + ey2) / 2 - mean**2
+        return mean, math.sqrt(var)
 
 
 class Checkerboard(Distribution2D):
@@ -101,7 +135,34 @@ class Spirals(Distribution2D):
         return points + self.noise * torch.randn(n, 2, generator=generator)
 
 
-AnyDistribution2D = named_union(Normal, EightGaussians, Moons, Checkerboard, Spirals)
+class SCurve(Distribution2D):
+    """sklearn's ``make_s_curve`` projected on its columns (0, 2): with t = 3π(u − 1/2),
+    (sin t, sign(t)(cos t − 1)) plus Gaussian noise, times ``scale``."""
+
+    name: Literal["scurve"] = "scurve"
+    noise: NonNegativeFloat = 0.05
+    scale: float = 1.5
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        t = 3 * math.pi * (torch.rand(n, generator=generator) - 0.5)
+        points = torch.stack([t.sin(), t.sign() * (t.cos() - 1)], dim=1)
+        return self.scale * (points + self.noise * torch.randn(n, 2, generator=generator))
+
+
+class GaussianMixture(Distribution2D):
+    """Equal-weight mixture of isotropic Gaussians with the given means and one std."""
+
+    name: Literal["gmm"] = "gmm"
+    means: list[tuple[float, float]] = Field(min_length=1)
+    std: PositiveFloat = 1.0
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        means = torch.tensor(self.means, dtype=torch.float32)
+        k = torch.randint(0, len(means), (n,), generator=generator)
+        return means[k] + self.std * torch.randn(n, 2, generator=generator)
+
+
+AnyDistribution2D = named_union(Normal, EightGaussians, Moons, Checkerboard, Spirals, SCurve, GaussianMixture)
 
 
 class Toy2DParams(Params):
