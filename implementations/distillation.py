@@ -44,16 +44,16 @@ class OneStepDistillation:
         self.params = params
 
     @staticmethod
-    def one_step(model: Callable, z_0: Tensor) -> Tensor:
+    def one_step_map(model: Callable, z_0: Tensor) -> Tensor:
         t = torch.zeros((), dtype=z_0.dtype, device=z_0.device)
         return z_0 + model(z_0, t)
 
     def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
-        return self.params.loss(self.one_step(model, batch.x_0) - batch.x_1)
+        return self.params.loss(self.one_step_map(model, batch.x_0) - batch.x_1)
 
     def sample(self, model: Callable, x_0: Tensor, solver: Solver, generator: torch.Generator,
                record: bool = False) -> Solution:
-        x_1 = self.one_step(model, x_0)
+        x_1 = self.one_step_map(model, x_0)
         if record:
             return Solution(x=x_1, steps=1, times=[0.0, 1.0], trajectory=[x_0, x_1])
         return Solution(x=x_1, steps=1)

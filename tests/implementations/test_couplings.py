@@ -162,18 +162,49 @@ def test_exact_ot_float32_input_keeps_dtype():
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n,m", [(5, 5), (4, 7), (8, 3)])
-@pytest.mark.parametrize("reg", [0.05, 0.5, 5.0])
-def test_sinkhorn_plan_marginals(n, m, reg):
-    # (seed 55 happens to draw two near-identical x_1 rows, on which log-domain Sinkhorn
-    # at reg 0.05 needs ~10⁵ iterations to reach 1e-6; these seeds are well conditioned)
+SINKHORN_METHODS = ["sinkhorn", "sinkhorn_log"]
+
+
+@pytest.mark.parametrize("method", SINKHORN_METHODS)
+@pytest.mark.parametrize("n,m,reg", [(5, 5, 0.5), (5, 5, 5.0), (4, 7, 0.05), (4, 7, 0.5), (8, 3, 0.5), (8, 3, 5.0),
+                                     (32, 32, 0.5)])
+def test_sinkhorn_plan_marginals(method, n, m, reg):
+    """Well-conditioned cases (reg not tiny against the cost spread): both marginals to 1e-6."""
     x_0, x_1 = clouds(n, 2, seed=1000 + n * 10 + m, m=m)
     cost = squared_cost(x_0, x_1)
-    pi = Sinkhorn(reg=reg).plan(cost, reg)
+    pi = Sinkhorn(reg=reg, method=method).plan(cost, reg)
     assert pi.shape == (n, m)
     assert np.all(pi >= 0)
     np.testing.assert_allclose(pi.sum(axis=1), np.full(n, 1 / n), atol=1e-6, rtol=0)
     np.testing.assert_allclose(pi.sum(axis=0), np.full(m, 1 / m), atol=1e-6, rtol=0)
+
+
+def test_sinkhorn_methods_agree_where_both_are_stable():
+    x_0, x_1 = clouds(6, 2, seed=5, m=6)
+    cost = squared_cost(x_0, x_1)
+    plain = Sinkhorn(reg=1.0, method="sinkhorn").plan(cost, 1.0)
+    log = Sinkhorn(reg=1.0, method="sinkhorn_log").plan(cost, 1.0)
+    np.testing.assert_allclose(plain, log, atol=1e-9, rtol=0)
+
+
+def test_sinkhorn_plain_underflow_is_an_error():
+    """reg = 1e-3 against costs of order 1–40: exp(−C/reg) underflows to 0 everywhere."""
+    x_0, x_1 = clouds(4, 2, seed=1047, m=7)
+    cost = squared_cost(x_0, x_1)
+    with pytest.raises(ValueError, match="sinkhorn_log"):
+        Sinkhorn(reg=1e-3, method="sinkhorn").plan(cost, 1e-3)
+
+
+@pytest.mark.parametrize("method,reg", [("sinkhorn", 0.05), ("sinkhorn_log", 0.02)])
+def test_sinkhorn_plan_never_silently_violates_marginals(method, reg):
+    x_0, x_1 = clouds(8, 2, seed=1083, m=3)
+    cost = squared_cost(x_0, x_1)
+    try:
+        pi = Sinkhorn(reg=reg, method=method).plan(cost, reg)
+    except ValueError:
+        return  # refusing is fine; a silently wrong plan is not
+    np.testing.assert_allclose(pi.sum(axis=1), np.full(8, 1 / 8), atol=1e-3, rtol=0)
+    np.testing.assert_allclose(pi.sum(axis=0), np.full(3, 1 / 3), atol=1e-3, rtol=0)
 
 
 def test_sinkhorn_large_reg_approaches_independent_plan():
@@ -195,17 +226,22 @@ def test_sinkhorn_small_reg_concentrates_on_the_ot_permutation():
     cost = squared_cost(x_0, x_1)
     perm = exact_ot_permutation(cost)
     reg = 0.05
-    pi = Sinkhorn(reg=reg).plan(cost, reg)
+    pi = Sinkhorn(reg=reg, method="sinkhorn_log").plan(cost, reg)
+    np.testing.assert_allclose(pi.sum(axis=0), np.full(5, 0.2), atol=1e-6, rtol=0)
     on_perm = pi[np.arange(5), perm].sum() / pi.sum()
     assert on_perm > 0.99
+    # a larger reg spreads mass off the permutation
+    wide = Sinkhorn(reg=20.0).plan(cost, 20.0)
+    assert wide[np.arange(5), perm].sum() < 0.9
 
 
 def test_sinkhorn_pairs_come_from_the_plan_support():
     """Small reg: off-permutation entries underflow to 0, so every drawn pair is an OT pair."""
     x_0 = torch.tensor([[0.0, 0], [5, 0], [0, 5], [5, 5]], dtype=torch.float64)
     x_1 = (x_0 + 0.2)[torch.tensor([3, 1, 0, 2])]
-    coupling = Sinkhorn(reg=0.01)
+    coupling = Sinkhorn(reg=0.01, method="sinkhorn_log")
     pi = coupling.plan(squared_cost(x_0, x_1), 0.01)
+    np.testing.assert_allclose(pi.sum(axis=0), np.full(4, 0.25), atol=1e-6, rtol=0)
     support = {(i, j) for i, j in zip(*np.nonzero(pi > 0))}
     for seed in range(5):
         pairing = coupling.pair(x_0, x_1, gen(seed))
@@ -285,6 +321,24 @@ def test_gibbs_weights_are_the_normalised_kernel(epsilon, dims):
     ratio = w / kernel  # one normalising constant for the whole batch
     torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])), rtol=1e-10, atol=0)
     torch.testing.assert_close(w, kernel / kernel.mean(), rtol=1e-10, atol=0)
+
+
+def test_gibbs_mean_cost_scale():
+    """epsilon_scale: mean_cost uses ε·mean(c) as the temperature."""
+    x_0, x_1 = clouds(10, 2, seed=4)
+    cost = (x_0 - x_1).square().sum(1)
+    w = Gibbs(epsilon=0.5, epsilon_scale="mean_cost").pair(x_0, x_1, gen(0)).weights
+    kernel = torch.exp(-cost / (0.5 * cost.mean()))
+    torch.testing.assert_close(w, kernel / kernel.mean(), rtol=1e-10, atol=0)
+    # invariant to rescaling the data
+    w_scaled = Gibbs(epsilon=0.5, epsilon_scale="mean_cost").pair(3 * x_0, 3 * x_1, gen(0)).weights
+    torch.testing.assert_close(w_scaled, w, rtol=1e-10, atol=0)
+
+
+def test_gibbs_mean_cost_scale_with_zero_costs():
+    x_0, _ = clouds(5, 2, seed=6)
+    w = Gibbs(epsilon_scale="mean_cost").pair(x_0, x_0.clone(), gen(0)).weights
+    torch.testing.assert_close(w, torch.ones_like(w))
 
 
 def test_gibbs_large_epsilon_approaches_ones():
