@@ -55,6 +55,13 @@ def header(name: str) -> str:
     return METRICS.get(name).label if name in METRICS else name
 
 
+def _rank_key(row: Row, rank_by: str, higher: bool) -> tuple:
+    """Rows with a value first, best first; rows without one (diverged, failed) last."""
+    v = row.cells[rank_by].mean if rank_by in row.cells else None
+    missing = v is None or not math.isfinite(v)
+    return (missing, 0.0 if missing else (-v if higher else v), row.method, row.sampler)
+
+
 def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
     """Aggregate over seeds and rank; ``frame`` comes from ``results.records_frame``."""
     tables = []
@@ -73,14 +80,7 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 std = float(values.std(ddof=1)) if n > 1 else None
                 cells[m] = Cell(mean, std, n)
             rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells))
-        higher = _direction(rank_by)
-
-        def rank_key(row: Row) -> tuple:
-            v = row.cells[rank_by].mean if rank_by in row.cells else None
-            missing = v is None or not math.isfinite(v)
-            return (missing, 0.0 if missing else (-v if higher else v), row.method, row.sampler)
-
-        rows.sort(key=rank_key)
+        rows.sort(key=lambda row: _rank_key(row, rank_by, _direction(rank_by)))
         for m in metrics:
             vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
             if not vals:
@@ -192,7 +192,8 @@ def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
 
 def claims_report(results_dir: Path, fmt: str = "markdown") -> tuple[str, list]:
     """The claims table of a results directory and the verdicts behind it."""
-    from harness.claims import evaluate, render as render_claims, suite_claims
+    from harness.claims import evaluate, suite_claims
+    from harness.claims import render as render_claims
     from harness.results import read_records, records_frame
 
     path = results_dir / "suite.json"
