@@ -28,23 +28,20 @@ class Adam:
     """Adam (Kingma & Ba 2015); weight decay, if any, is L2 added to the gradient."""
 
     Params: ClassVar[type[Params]] = AdamParams
+    torch_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.Adam
 
-    @staticmethod
-    def build(params: AdamParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(parameters, lr=params.lr, betas=params.betas, eps=params.eps,
-                                weight_decay=params.weight_decay)
+    @classmethod
+    def build(cls, params: AdamParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        return cls.torch_class(parameters, lr=params.lr, betas=params.betas, eps=params.eps,
+                               weight_decay=params.weight_decay)
 
 
 @OPTIMIZERS.register("adamw")
-class AdamW:
+class AdamW(Adam):
     """AdamW (Loshchilov & Hutter 2019): decoupled weight decay."""
 
     Params: ClassVar[type[Params]] = AdamWParams
-
-    @staticmethod
-    def build(params: AdamWParams, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(parameters, lr=params.lr, betas=params.betas, eps=params.eps,
-                                 weight_decay=params.weight_decay)
+    torch_class: ClassVar[type[torch.optim.Optimizer]] = torch.optim.AdamW
 
 
 class AdamPParams(AdamParams):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,3 +40,14 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.lstrip("\n"))
     return path
+
+def expected_calls(convention: str, steps: int) -> int | None:
+    """Calls a solver declaring ``convention`` ("N", "2N", "2N-1", ...) makes in ``steps``
+    steps; None for "counted" (adaptive) solvers."""
+    match = re.fullmatch(r"(\d*)N(?:\s*([+-])\s*(\d+))?", convention)
+    if match is None:
+        assert convention == "counted", f"unknown NFE convention {convention!r}"
+        return None
+    per_step = int(match.group(1) or 1)
+    offset = int(match.group(3) or 0) * (-1 if match.group(2) == "-" else 1)
+    return per_step * steps + offset

@@ -8,8 +8,6 @@ without one its case fails with a pydantic ValidationError naming the missing fi
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 
@@ -18,6 +16,7 @@ from harness.interfaces import Batch, Dataset, Method, Solution, Solver
 from harness.measure import NFECounter
 from harness.registry import DATASETS, METHODS, NETWORKS, OPTIMIZERS, SOLVERS
 from implementations.networks import MLP, MLPParams, SinusoidalEmbedding
+from tests.conftest import expected_calls
 
 # Tiny settings for entries whose defaults are not enough (or too slow).
 DATASET_PARAMS: dict[str, dict] = {"toy2d": {"target": "moons"}}
@@ -30,16 +29,6 @@ BATCH = 64
 TRAIN_STEPS = 5
 
 
-def expected_calls(convention: str, steps: int) -> int | None:
-    """Calls a solver declaring ``convention`` ("N", "2N", "2N-1", ...) makes in ``steps``
-    steps; None for "counted" (adaptive) solvers."""
-    match = re.fullmatch(r"(\d*)N(?:\s*([+-])\s*(\d+))?", convention)
-    if match is None:
-        assert convention == "counted", f"unknown NFE convention {convention!r}"
-        return None
-    per_step = int(match.group(1) or 1)
-    offset = int(match.group(3) or 0) * (-1 if match.group(2) == "-" else 1)
-    return per_step * steps + offset
 
 
 def build(registry, name: str, table: dict[str, dict], *args):

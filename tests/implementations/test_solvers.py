@@ -7,7 +7,6 @@ Every numeric check runs in float64 with an explicit tolerance.
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import implementations  # noqa: F401  (fills the registries)
 from harness.interfaces import Solution, Solver
 from harness.measure import NFECounter
 from harness.registry import SOLVERS
+from tests.conftest import expected_calls
 
 # Evaluations per step, as documented in implementations/common/solvers.py.
 FIXED_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
@@ -25,16 +25,6 @@ ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 ATOL = 1e-12  # float64 round-off over at most a few hundred steps
 
 
-def expected_calls(convention: str, steps: int) -> int | None:
-    """Calls a solver declaring ``convention`` ("N", "2N", "2N-1", ...) makes in ``steps``
-    steps; None for "counted" (adaptive) solvers."""
-    match = re.fullmatch(r"(\d*)N(?:\s*([+-])\s*(\d+))?", convention)
-    if match is None:
-        assert convention == "counted", f"unknown NFE convention {convention!r}"
-        return None
-    per_step = int(match.group(1) or 1)
-    offset = int(match.group(3) or 0) * (-1 if match.group(2) == "-" else 1)
-    return per_step * steps + offset
 
 
 def fixed(name: str, steps: int) -> Solver:
