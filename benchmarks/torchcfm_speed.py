@@ -130,6 +130,7 @@ def torchcfm_sample(model: Any, x0: Any, atol: float, rtol: float) -> Any:
 
 
 def load_protocol(steps: int, threads: int, prefetch_workers: int | None) -> Any:
+    """The suite with ``steps`` optimiser steps in all (TorchCFM's warm-up + timed steps)."""
     import harness.metrics  # noqa: F401  registers the metrics
     import implementations  # noqa: F401  registers methods, datasets, solvers, networks, optimisers
     from harness.resolve import load_suite
@@ -217,20 +218,26 @@ def environment_info(threads: int, default_threads: int) -> dict[str, Any]:
     return env
 
 
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     cfg, env = report["config"], report["environment"]
     lines = [
-        f"flowgauge vs TorchCFM {env.get('torchcfm')} — 2D tutorial protocol, {cfg['steps']} timed steps, "
+        f"flowgauge vs TorchCFM {env.get('torchcfm')} — 2D tutorial protocol, {cfg['train_steps']} training steps "
+        f"on each side (TorchCFM: {cfg['warmup_torchcfm']} warm-up + {cfg['steps']} timed), "
         f"{cfg['repeats']} repeats, torch threads {env['torch_threads']} (both sides), "
         f"flowgauge prefetch_workers {cfg['prefetch_workers']}, CPU {env['cpu']} ×{env['cpu_count']}, "
         f"torch {env['torch']}, commit {str(env.get('git_commit'))[:10]}{' (dirty)' if env.get('git_dirty') else ''}",
         "",
-        "| method | repeat | seed | TorchCFM steps/s | flowgauge steps/s | ratio |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | repeat | seed | TorchCFM steps/s | flowgauge steps/s | ratio | other load, cores (TorchCFM / flowgauge) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["repeats"]:
+        o = r["other_load_cores"]
         lines.append(f"| {LABELS[r['method']]} | {r['repeat']} | {r['seed']} | {r['torchcfm_steps_per_s']:.1f} | "
-                     f"{r['flowgauge_steps_per_s']:.1f} | {r['ratio']:.2f}× |")
+                     f"{r['flowgauge_steps_per_s']:.1f} | {r['ratio']:.2f}× | {_fmt(o['torchcfm'])} / {_fmt(o['flowgauge'])} |")
     lines += ["", "| method | TorchCFM steps/s (median) | flowgauge steps/s (median) | ratio median [min, max] | "
               "target | met |", "|---|---:|---:|---:|---:|:---:|"]
     for method, s in report["speed"].items():
@@ -238,7 +245,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {LABELS[method]} | {s['torchcfm_steps_per_s']['median']:.1f} | "
                      f"{s['flowgauge_steps_per_s']['median']:.1f} | {r['median']:.2f}× [{r['min']:.2f}, {r['max']:.2f}] | "
                      f"≥ {s['target']:.1f}× | {'yes' if s['met'] else 'NO'} |")
-    lines += ["", "CPU time per step (process time, all threads; median over repeats): " + "; ".join(
+    lines.append("")
+    for method, s in report["speed"].items():
+        q = s["ratio_uncontended"]
+        lines.append(f"{LABELS[method]} ratio over the uncontended repeats (other load ≤ {cfg['quiet_below_cores']} "
+                     "cores on both sides): " + ("none" if q is None else
+                                                 f"{q['median']:.2f}× [{q['min']:.2f}, {q['max']:.2f}], n = {q['n']}"))
+    lines += ["CPU time per step (process time, all threads; median over repeats): " + "; ".join(
         f"{LABELS[m]} TorchCFM {s['torchcfm_cpu_ms_per_step']['median']:.2f} ms, "
         f"flowgauge {s['flowgauge_cpu_ms_per_step']['median']:.2f} ms" for m, s in report["speed"].items()),
         f"Load average (1 min) before / after: {report['loadavg_before'][0]:.2f} / {report['loadavg_after'][0]:.2f}"
@@ -277,9 +290,52 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--num-samples", type=int, default=2000, help="samples per W2 evaluation (default 2000)")
     p.add_argument("--no-quality", action="store_true", help="timing only")
+    p.add_argument("--wait-quiet", type=float, default=60.0,
+                   help="before each pair of runs, wait up to this many seconds for other processes to "
+                        "use less than --quiet-below cores (default 60; 0 does not wait)")
+    p.add_argument("--quiet-below", type=float, default=0.25,
+                   help="other processes' CPU use, in cores, above which a run counts as contended (default 0.25)")
     p.add_argument("--check", action="store_true", help="exit 1 when a speed or quality target is missed")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT.relative_to(REPO)})")
     return p.parse_args(argv)
+
+
+class OtherLoad:
+    """CPU time other processes used while a block ran, in cores (from /proc; None elsewhere)."""
+
+    def _read(self) -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        return busy, int(own[11]) + int(own[12])  # utime + stime of this process
+
+    def __enter__(self) -> OtherLoad:
+        self.start, self.t0, self.cores = self._read(), time.perf_counter(), None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        end, wall = self._read(), time.perf_counter() - self.t0
+        if self.start is not None and end is not None and wall > 0:
+            ticks = os.sysconf("SC_CLK_TCK")
+            other = (end[0] - self.start[0]) - (end[1] - self.start[1])
+            self.cores = max(0.0, other / ticks / wall)
+
+
+def wait_quiet(limit_s: float, below: float) -> float:
+    """Wait until other processes used < ``below`` cores over one second, at most ``limit_s``."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        with OtherLoad() as load:
+            time.sleep(1.0)
+        if load.cores is None or load.cores < below:
+            break
+    waited = time.perf_counter() - start
+    if waited > 1.5:
+        log(f"waited {waited:.0f} s for other processes to quieten")
+    return waited
 
 
 def log(msg: str) -> None:
@@ -294,7 +350,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     threads = default_threads if args.threads == "default" else int(args.threads)
     if threads < 1:
         raise ValueError("--threads must be >= 1 or 'default'")
-    suite = load_protocol(args.steps, threads, args.prefetch_workers)
+    # Both sides take the same number of optimiser steps: TorchCFM's warm-up plus its timed
+    # steps. flowgauge's steps_per_s leaves out only its first step.
+    train_steps = args.warmup + args.steps
+    suite = load_protocol(train_steps, threads, args.prefetch_workers)
     from harness.metrics import wasserstein
     from harness.runner import configure
 
@@ -313,35 +372,46 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         seed = args.seeds[rep % len(args.seeds)]
         order = ("torchcfm", "flowgauge") if rep % 2 == 0 else ("flowgauge", "torchcfm")
         for method in args.methods:
+            waited = wait_quiet(args.wait_quiet, args.quiet_below)
             runs = {}
+            other = {}
             for lib in order:
-                if lib == "torchcfm":
-                    runs[lib] = torchcfm_train(method, args.steps, args.warmup, seed)
-                else:
-                    runs[lib] = flowgauge_train(suite, method, seed)
+                with OtherLoad() as load:
+                    if lib == "torchcfm":
+                        runs[lib] = torchcfm_train(method, args.steps, args.warmup, seed)
+                    else:
+                        runs[lib] = flowgauge_train(suite, method, seed)
+                other[lib] = load.cores
                 models.setdefault((lib, method, seed), runs[lib])
             tc, fg = runs["torchcfm"], runs["flowgauge"]
             row = {"repeat": rep, "seed": seed, "method": method, "order": list(order), "loadavg": os.getloadavg(),
                    "torchcfm_steps_per_s": tc.steps_per_s, "flowgauge_steps_per_s": fg.steps_per_s,
-                   "ratio": fg.steps_per_s / tc.steps_per_s,
+                   "ratio": fg.steps_per_s / tc.steps_per_s, "other_load_cores": other,
+                   "waited_for_quiet_s": waited,
+                   "contended": any(v is not None and v > args.quiet_below for v in other.values()),
                    "torchcfm": {"steps": tc.steps, "seconds": tc.seconds, "final_loss": tc.final_loss, **tc.extra},
                    "flowgauge": {"steps": fg.steps, "seconds": fg.seconds, "final_loss": fg.final_loss, **fg.extra}}
             repeats.append(row)
             log(f"repeat {rep} seed {seed} {LABELS[method]}: TorchCFM {tc.steps_per_s:.1f} steps/s, "
-                f"flowgauge {fg.steps_per_s:.1f} steps/s, ratio {row['ratio']:.2f}")
+                f"flowgauge {fg.steps_per_s:.1f} steps/s, ratio {row['ratio']:.2f}; other processes "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in other.items()) + " cores")
 
     speed: dict[str, Any] = {}
     all_met = True
     for method in args.methods:
         rows = [r for r in repeats if r["method"] == method]
+        if not rows:
+            continue
         ratio = spread([r["ratio"] for r in rows])
+        quiet = [r["ratio"] for r in rows if not r["contended"]]
         met = ratio["median"] >= TARGET_RATIO[method]
         all_met &= met
         speed[method] = {"torchcfm_steps_per_s": spread([r["torchcfm_steps_per_s"] for r in rows]),
                          "flowgauge_steps_per_s": spread([r["flowgauge_steps_per_s"] for r in rows]),
                          "torchcfm_cpu_ms_per_step": spread([r["torchcfm"]["cpu_ms_per_step"] for r in rows]),
                          "flowgauge_cpu_ms_per_step": spread([r["flowgauge"]["cpu_ms_per_step"] for r in rows]),
-                         "ratio": ratio, "target": TARGET_RATIO[method], "met": met}
+                         "ratio": ratio, "target": TARGET_RATIO[method], "met": met,
+                         "ratio_uncontended": spread(quiet) if quiet else None}
 
     quality: dict[str, Any] = {}
     w2_floor = None
@@ -374,7 +444,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             diff = q["flowgauge_mean"] - q["torchcfm_mean"]
             q["difference"] = diff
             q["within_2std"] = bool(abs(diff) <= 2 * q["torchcfm_std"]) if len(args.seeds) > 1 else None
-            q["verdict"] = ("lower" if diff < 0 else "higher") + f" by {abs(diff):.4f}"
+            q["verdict"] = ("lower (better)" if diff < 0 else "higher (worse)") + f" by {abs(diff):.4f}"
             all_met &= bool(q["within_2std"]) or diff <= 0
             quality[method] = q
         # The finite-sample floor: the reference against n i.i.d. points of the same
@@ -390,7 +460,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         "benchmark": "torchcfm_speed",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
-        "config": {"steps": args.steps, "warmup_torchcfm": args.warmup, "repeats": args.repeats,
+        "python_executable": sys.executable,
+        "config": {"steps": args.steps, "warmup_torchcfm": args.warmup, "train_steps": train_steps,
+                   "repeats": args.repeats, "wait_quiet_s": args.wait_quiet, "quiet_below_cores": args.quiet_below,
                    "seeds": args.seeds, "methods": args.methods, "threads": threads,
                    "prefetch_workers": suite.hardware.prefetch_workers, "batch_size": BATCH, "sigma": SIGMA,
                    "lr": LR, "num_samples": args.num_samples, "atol": atol, "rtol": rtol,

@@ -75,10 +75,19 @@ class Moons(Distribution2D):
     standardize: bool = False
     scale: float = 3.0
     shift: float | tuple[float, float] = -1.0
+    # "random": i.i.d. angles. "grid": sklearn's and torchdyn's layout, half of the points on
+    # each moon at evenly spaced angles (only the noise is random): a stratified sample of
+    # the same distribution, with less batch-to-batch variance.
+    angles: Literal["random", "grid"] = "random"
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        upper = torch.rand(n, generator=generator) < 0.5
-        theta = math.pi * torch.rand(n, generator=generator)
+        if self.angles == "grid":
+            n_upper = n // 2
+            upper = torch.arange(n) < n_upper
+            theta = torch.cat([torch.linspace(0, math.pi, n_upper), torch.linspace(0, math.pi, n - n_upper)])
+        else:
+            upper = torch.rand(n, generator=generator) < 0.5
+            theta = math.pi * torch.rand(n, generator=generator)
         x = torch.where(upper, theta.cos(), 1.0 - theta.cos())
         y = torch.where(upper, theta.sin(), 0.5 - theta.sin())
         points = torch.stack([x, y], dim=1)

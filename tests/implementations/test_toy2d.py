@@ -222,3 +222,13 @@ def test_distribution_params_reject_unknown_keys_and_are_frozen(cls):
     obj = cls()
     with pytest.raises(ValidationError):
         obj.name = "other"
+
+
+def test_moons_grid_angles_match_the_sklearn_layout():
+    from implementations.datasets.toy2d import Moons
+
+    x = Moons(noise=0.0, angles="grid", scale=1.0, shift=0.0).sample(9, torch.Generator().manual_seed(0))
+    theta_upper = torch.linspace(0, math.pi, 4)
+    theta_lower = torch.linspace(0, math.pi, 5)
+    torch.testing.assert_close(x[:4], torch.stack([theta_upper.cos(), theta_upper.sin()], 1))
+    torch.testing.assert_close(x[4:], torch.stack([1 - theta_lower.cos(), 0.5 - theta_lower.sin()], 1))
