@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     claims.add_argument("--strict", action="store_true",
                         help=f"exit {EXIT_CLAIM_FAILED} when a claim is not reproduced or not run")
 
+    report = sub.add_parser("report", help="write report.md with the leaderboard, claims and plots")
+    report.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    report.add_argument("--out", type=Path, default=None, help="folder for report.md and plots (RESULTS_DIR/report)")
+
     board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
     board.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
@@ -166,7 +170,18 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return EXIT_CLAIM_FAILED if args.strict and counts["reproduced"] < len(results) else 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
+def cmd_report(args: argparse.Namespace) -> int:
+    _load_registries()
+    from harness.errors import SpecError
+    from harness.report import write_report
+
+    if not (args.results / "records").is_dir():
+        raise SpecError(f"no records folder in {args.results} (expected {args.results / 'records'}/*.json)")
+    print(write_report(args.results, args.out))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "report": cmd_report, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
             "claims": cmd_claims}
 
 

@@ -35,3 +35,17 @@ def test_list_methods_and_metrics():
 def test_leaderboard_of_a_missing_directory_is_a_user_error(tmp_path):
     result = run_cli("leaderboard", str(tmp_path / "none"))
     assert result.returncode == 2 and "no records folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_report_writes_markdown_and_plots(tmp_path):
+    out = tmp_path / "r"
+    run = run_cli("run", "quickstart", "--results", str(out), "--no-progress", "--set", "datasets=[moons]",
+                  "--set", "methods=[icfm]", "--set", "samplers=[euler-1, heun-8]", "--set", "budget.train.steps=20",
+                  "--set", "budget.eval.num_samples=200", "--set", "budget.eval.repeats=1")
+    assert run.returncode == 0, run.stderr
+    result = run_cli("report", str(out))
+    assert result.returncode == 0, result.stderr
+    report = (out / "report" / "report.md").read_text()
+    assert "### moons" in report and "![w2 against nfe](quality_vs_cost.png)" in report
+    for png in ("quality_vs_cost.png", "loss_curves.png"):
+        assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

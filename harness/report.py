@@ -1,0 +1,114 @@
+"""A results directory as a report: the leaderboard, the claims, and the plots people would
+rather look at than read (quality against cost per dataset, training loss curves).
+
+Everything is computed from the records, like every table; matplotlib draws off-screen.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from harness.leaderboard import claims_report, header, leaderboard, leaderboard_options
+from harness.results import read_records, records_frame
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_quality_vs_cost(records: list[dict], quality: str, cost: str, path: Path) -> Path | None:
+    """One panel per dataset: mean ``quality`` against mean ``cost`` per (method, sampler),
+    methods as colours, samplers labelled; the lower-left front is the good region for
+    lower-is-better metrics."""
+    frame = records_frame(records)
+    if frame.empty or quality not in frame or cost not in frame:
+        return None
+    ok = frame[frame["status"] == "ok"].dropna(subset=[quality, cost])
+    if ok.empty:
+        return None
+    plt = _pyplot()
+    datasets = sorted(ok["dataset"].unique())
+    cols = min(3, len(datasets))
+    rows = math.ceil(len(datasets) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    methods = sorted(ok["method"].unique())
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    for ax, dataset in zip(axes.flat, datasets):
+        mean = ok[ok["dataset"] == dataset].groupby(["method", "sampler"])[[quality, cost]].mean().reset_index()
+        for _, row in mean.iterrows():
+            ax.scatter(row[cost], row[quality], color=colours[row["method"]], s=30)
+            ax.annotate(row["sampler"], (row[cost], row[quality]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(header(cost))
+        ax.set_ylabel(header(quality))
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in methods]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 6), frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
+    """Training loss against step, one panel per dataset, one line per (method, seed)."""
+    seen: dict[tuple, list] = {}
+    for r in records:
+        curve = (r.get("train") or {}).get("loss_curve")
+        if curve:
+            seen.setdefault((r["dataset"], r["method"], r["seed"]), curve)
+    if not seen:
+        return None
+    plt = _pyplot()
+    datasets = sorted({d for d, _, _ in seen})
+    methods = sorted({m for _, m, _ in seen})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5), squeeze=False)
+    for ax, dataset in zip(axes.flat, datasets):
+        for (d, method, seed), curve in sorted(seen.items()):
+            if d != dataset:
+                continue
+            steps = [p[0] for p in curve if p[1] is not None]
+            values = [p[1] for p in curve if p[1] is not None]
+            ax.plot(steps, values, color=colours[method], alpha=0.8, lw=1,
+                    label=method if seed == min(s for dd, m, s in seen if dd == d and m == method) else None)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_title(dataset)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(results_dir: Path, out: Path | None = None) -> Path:
+    """Write ``report.md`` with its plots into ``out`` (default RESULTS_DIR/report)."""
+    out = out or results_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_records(results_dir)
+    metrics, rank_by, _ = leaderboard_options(results_dir)
+    parts = [f"# {results_dir.name}\n", leaderboard(results_dir, "markdown")]
+    claims, _ = claims_report(results_dir)
+    if claims and "### Claims" not in parts[-1]:
+        parts.append("### Claims\n\n" + claims)
+    cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics), None)
+    if cost and rank_by != cost and plot_quality_vs_cost(records, rank_by, cost, out / "quality_vs_cost.png"):
+        parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
+    if plot_loss_curves(records, out / "loss_curves.png"):
+        parts.append("![training loss](loss_curves.png)")
+    path = out / "report.md"
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path
