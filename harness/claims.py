@@ -215,13 +215,14 @@ def evaluate(claim: Claim, frame: Any) -> ClaimResult:
     left = _side_value(relation.left, means.get)
     right = _side_value(relation.right, means.get)
     holds = COMPARATORS[relation.comparator](float(left), float(right))
+    # The verdict compares the expression of the seed means; the per-seed spread of the
+    # left side is shown beside it as a measure of its noise.
+    measured = f"{left:.4g} vs {right:.4g}"
     seeds = set.intersection(*(set(v) for v in per_term.values()))
     if len(seeds) > 1 and all(isinstance(x, float) for _, x in relation.right):
         per_seed = [_side_value(relation.left, lambda t, s=s: per_term[t][s]) for s in sorted(seeds)]
         mean, std = _stats(per_seed)
-        measured = f"{_fmt(mean, std, len(per_seed))} vs {right:.4g}"
-    else:
-        measured = f"{left:.4g} vs {right:.4g}"
+        measured += f" (per seed: {_fmt(mean, std, len(per_seed))})"
     return ClaimResult(claim, "reproduced" if holds else "not reproduced", measured)
 
 
