@@ -31,6 +31,7 @@ class EvalContext:
     samples: np.ndarray | None = None
     reference: np.ndarray | None = None
     source: np.ndarray | None = None  # the x_0 the samples were generated from
+    reference_2: np.ndarray | None = None  # a second, independent reference sample
     times: list[float] = field(default_factory=list)  # with trajectory: the sampler's own grid
     trajectory: list[np.ndarray] = field(default_factory=list)  # states (n, d) at ``times``
     nfe: float | None = None
@@ -155,6 +156,13 @@ def normalized_path_energy(pe: float, w2_squared: float) -> float:
 def _w2(ctx: EvalContext, params: NoParams) -> float:
     """Exact 2-Wasserstein distance to a fresh reference sample of the same size."""
     return wasserstein(ctx.samples, ctx.reference, p=2)
+
+
+@metric("w2_floor", unit="", higher_is_better=False, needs={"reference", "reference_2"})
+def _w2_floor(ctx: EvalContext, params: NoParams) -> float:
+    """W2 between two independent reference samples of the evaluation size: what a perfect
+    model would score (the finite-sample floor of ``w2``; large for far-apart modes)."""
+    return wasserstein(ctx.reference_2, ctx.reference, p=2)
 
 
 @metric("w1", unit="", higher_is_better=False, needs={"samples", "reference"})

@@ -381,7 +381,11 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict) ->
                                            record=True)
         times = recorded.times
         trajectory = [x.detach().double().cpu().reshape(n, -1).numpy() for x in recorded.trajectory]
+    reference_2 = None
+    if any("reference_2" in metric.needs for _, metric in specs):
+        reference_2 = built.dataset.sample_target(n, generator(seed, "eval-reference-2")).double().reshape(n, -1).numpy()
     ctx = EvalContext(
+        reference_2=reference_2,
         samples=samples if finite else None,
         reference=reference.double().reshape(n, -1).numpy(),
         source=x_0.detach().double().cpu().reshape(n, -1).numpy(),
