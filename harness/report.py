@@ -53,8 +53,9 @@ def plot_quality_vs_cost(records: list[dict], quality: str, cost: str, path: Pat
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in methods]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 6), frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    ncol = min(len(methods), 2 * cols)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 * math.ceil(len(methods) / ncol) + 0.02, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
