@@ -118,21 +118,20 @@ def cmd_list(args: argparse.Namespace) -> int:
                 doc = (entry.__doc__ or "").strip().splitlines()
                 print(f"{name:20s} {doc[0] if doc else ''}")
         return 0
-    import yaml
+    from harness.errors import SpecError
+    from harness.resolve import Resolver
 
-    from harness.resolve import default_specs_root
-
-    root = args.specs or default_specs_root()
+    resolver = Resolver(args.specs)
     detail = {"methods": "implementation", "datasets": "implementation", "samplers": "solver",
               "hardware": "device", "suites": None}[args.kind]
-    for path in sorted((root / args.kind).glob("*.yaml")):
+    for path in sorted((resolver.root / args.kind).glob("*.yaml")):
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            data = {}
-        extra = f"[{data.get(detail, '?')}]" if detail and isinstance(data, dict) else ""
-        desc = data.get("description", "") if isinstance(data, dict) else ""
-        print(f"{path.stem:24s} {extra:18s} {desc}".rstrip())
+            data = resolver.load_file(args.kind, path).data  # extends followed, not validated
+        except SpecError as err:
+            print(f"{path.stem:24s} (invalid: {err})")
+            continue
+        extra = f"[{data.get(detail, '?')}]" if detail else ""
+        print(f"{path.stem:26s} {extra:24s} {data.get('description', '')}".rstrip())
     return 0
 
 

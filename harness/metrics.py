@@ -62,8 +62,8 @@ class Metric:
 def metric(name: str, unit: str, higher_is_better: bool, needs: set[str],
            params: type[BaseModel] = NoParams) -> Callable:
     def decorator(fn: Callable[[EvalContext, Any], float | None]) -> Callable:
-        doc = (fn.__doc__ or "").strip().splitlines()
-        METRICS.add(name, Metric(name, fn, unit, higher_is_better, doc[0] if doc else "", frozenset(needs), params))
+        summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # first paragraph
+        METRICS.add(name, Metric(name, fn, unit, higher_is_better, summary, frozenset(needs), params))
         return fn
 
     return decorator

@@ -41,7 +41,7 @@ def test_cli_tiny_suite_writes_records_and_prints_the_leaderboard(tmp_path):
                      "--set", "datasets=[moons]", *sum((["--set", t] for t in TINY), []))
     assert result.returncode == 0, result.stderr
     records = read_records(out)
-    assert len(records) == 2 * 4  # methods x samplers
+    assert len(records) == 3 * 4  # methods x samplers
     assert {r["status"] for r in records} == {"ok"}
     assert "### moons" in result.stdout and "w2 ↓" in result.stdout and "latency (ms) ↓" in result.stdout
     assert "rectified-flow" in result.stdout and "dopri5" in result.stdout

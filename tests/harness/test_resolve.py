@@ -110,4 +110,4 @@ def test_keys_are_stable_across_processes():
     plan = make_plan(load_suite("quickstart", root=SPECS))
     again = make_plan(load_suite("quickstart", root=SPECS))
     assert [e.key for v in plan.evals.values() for e in v] == [e.key for v in again.evals.values() for e in v]
-    assert len(plan.trainings) == 6 and plan.num_evals == 24
+    assert len(plan.trainings) == 9 and plan.num_evals == 36  # 3 datasets x 3 methods, x 4 samplers
