@@ -202,7 +202,8 @@ def claims_report(results_dir: Path, fmt: str = "markdown") -> tuple[str, list]:
     claims = suite_claims(json.loads(path.read_text())["suite"])
     if not claims:
         return "", []
-    results = [evaluate(c, records_frame(read_records(results_dir))) for c in claims]
+    frame = records_frame(read_records(results_dir))
+    results = [evaluate(c, frame) for c in claims]
     return render_claims(results, fmt), results
 
 
