@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -21,9 +21,35 @@ Velocity = Callable[[Tensor, Tensor], Tensor]
 
 
 class Params(BaseModel):
-    """Base for every implementation's parameter model: frozen, no unknown keys."""
+    """Base for every implementation's parameter model: frozen, no unknown keys.
+
+    Dumped with every default filled in, except fields declared with :func:`added`: those
+    are left out while they hold their default, so that the canonical spec, and with it
+    every training key, of a run made before the field existed stays the same.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _omit_added_defaults(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and "added_in" in extra and name in data:
+                if getattr(self, name) == info.default:
+                    del data[name]
+        return data
+
+
+def added(default, *, added_in: str, **kwargs):
+    """A parameter introduced after specs (and committed results) already existed.
+
+    ``default`` must reproduce the behaviour from before the field existed. The field is
+    left out of dumps at that default, so adding it changes no training key; a spec that
+    sets any other value gets a new key, as it should. ``added_in`` names the release or
+    commit that introduced it, for the reader.
+    """
+    return Field(default, json_schema_extra={"added_in": added_in}, **kwargs)
 
 
 @dataclass

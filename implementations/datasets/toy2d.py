@@ -12,7 +12,8 @@ Geometries (each is a parameterised family; spec files fix the values):
   covariance √0.1·I, i.e. std = 0.1^(1/4) ≈ 0.562; ``torchdyn``'s generator ignores its
   radius argument, so this one is written out here.
 - ``moons``: two interleaved half circles (the shape of sklearn's ``make_moons``), with
-  angles drawn uniformly instead of on a grid so that samples are i.i.d.; Gaussian noise
+  angles drawn uniformly (i.i.d. samples) or, with ``angles: grid``, on sklearn's and
+  torchdyn's evenly spaced grid; Gaussian noise
   ``noise`` (sklearn), or torchdyn's ``generate_moons`` noise, one U(0, noise) shift added
   to both coordinates (the TorchCFM tutorials' data); optionally standardised by the
   pooled scalar mean and std (the TorchCFM runner's moons→8gaussians source); then
@@ -36,7 +37,7 @@ import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
 
-from harness.interfaces import Params
+from harness.interfaces import Params, added
 from harness.registry import DATASETS
 from harness.spec import named_union
 
@@ -78,7 +79,7 @@ class Moons(Distribution2D):
     # "random": i.i.d. angles. "grid": sklearn's and torchdyn's layout, half of the points on
     # each moon at evenly spaced angles (only the noise is random): a stratified sample of
     # the same distribution, with less batch-to-batch variance.
-    angles: Literal["random", "grid"] = "random"
+    angles: Literal["random", "grid"] = added("random", added_in="8d46d6c")
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         if self.angles == "grid":

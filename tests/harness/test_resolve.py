@@ -111,3 +111,36 @@ def test_keys_are_stable_across_processes():
     again = make_plan(load_suite("quickstart", root=SPECS))
     assert [e.key for v in plan.evals.values() for e in v] == [e.key for v in again.evals.values() for e in v]
     assert len(plan.trainings) == 9 and plan.num_evals == 36  # 3 datasets x 3 methods, x 4 samplers
+
+
+def test_added_field_at_its_default_leaves_the_key_unchanged(spec_root):
+    """``angles`` came after committed moons runs: at its default it is not in the spec."""
+    write(spec_root / "suites" / "s.yaml", SUITE)
+    base = make_plan(Resolver(spec_root).suite("s"))
+    target = base.trainings[0].dataset.params["target"]
+    assert target["name"] == "moons" and "angles" not in target and "noise" in target
+    same = [Override.parse("datasets.moons.params.target.angles=random")]
+    assert make_plan(Resolver(spec_root, same).suite("s")).trainings[0].key == base.trainings[0].key
+    grid = [Override.parse("datasets.moons.params.target.angles=grid")]
+    plan = make_plan(Resolver(spec_root, grid).suite("s"))
+    assert plan.trainings[0].dataset.params["target"]["angles"] == "grid"
+    assert plan.trainings[0].key != base.trainings[0].key
+
+
+@pytest.mark.parametrize("suite", ["rectified-flow-toy", "torchcfm-2d"])
+def test_committed_results_keep_their_keys(suite):
+    """Every committed record is still in its suite's plan under the same key, so a rerun
+    resumes from it instead of retraining (a change to canonical specs breaks this)."""
+    import json
+
+    from tests.conftest import PROJECT
+
+    records = sorted((PROJECT / "results" / suite / "records").glob("*.json"))
+    assert records, f"no committed records for {suite}"
+    plan = make_plan(load_suite(suite, root=SPECS))
+    train_keys = {job.key for job in plan.trainings}
+    record_keys = {e.key for evals in plan.evals.values() for e in evals}
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["train_key"] in train_keys, path.name
+        assert record["key"] in record_keys, path.name
