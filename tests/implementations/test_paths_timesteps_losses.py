@@ -242,7 +242,7 @@ def test_weighted_reduction(seed, batch, reduce):
 
 def test_pseudo_huber_asymptotics():
     c = 0.5
-    loss = PseudoHuber(c=c)
+    loss = PseudoHuber(c=c, c_scale="sqrt_d")
     tiny = torch.tensor([[1e-4, -2e-4, 3e-4]], dtype=torch.float64)
     sq = float(tiny.square().sum())
     assert float(loss.per_sample(tiny)) == pytest.approx(sq / (2 * c), rel=1e-6)
@@ -252,11 +252,23 @@ def test_pseudo_huber_asymptotics():
 
 
 @pytest.mark.parametrize("dims", [(2,), (3, 32, 32)])
-def test_pseudo_huber_default_c(dims):
+def test_pseudo_huber_default_c_is_rfpp_code(dims):
+    """rfpp's train.py: c = 0.00054·d and the loss divided by d; CIFAR-10 gives c ≈ 1.659."""
+    d = math.prod(dims)
+    c = 0.00054 * d
+    r = torch.randn(4, *dims, generator=gen(1), dtype=torch.float64)
+    expected = (torch.sqrt(r.reshape(4, -1).square().sum(1) + c**2) - c) / d
+    torch.testing.assert_close(PseudoHuber().per_sample(r), expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(PseudoHuber(c=c).per_sample(r), expected, rtol=1e-12, atol=0)
+    assert PseudoHuber().c is None
+    if d == 3072:
+        assert c == pytest.approx(1.65888)
+
+
+@pytest.mark.parametrize("dims", [(2,), (3, 32, 32)])
+def test_pseudo_huber_sqrt_d_is_consistency_models_c(dims):
     d = math.prod(dims)
     c = 0.00054 * math.sqrt(d)
     r = torch.randn(4, *dims, generator=gen(1), dtype=torch.float64)
     expected = torch.sqrt(r.reshape(4, -1).square().sum(1) + c**2) - c
-    torch.testing.assert_close(PseudoHuber().per_sample(r), expected, rtol=1e-12, atol=0)
-    torch.testing.assert_close(PseudoHuber(c=c).per_sample(r), expected, rtol=1e-12, atol=0)
-    assert PseudoHuber().c is None
+    torch.testing.assert_close(PseudoHuber(c_scale="sqrt_d").per_sample(r), expected, rtol=1e-12, atol=0)
