@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 
 class StrictModel(BaseModel):
@@ -36,18 +36,38 @@ class ClaimSource(StrictModel):
 
 
 class Tolerance(StrictModel):
+    """How far the measured mean may be from the claimed value; the claim holds within any
+    one that is given. ``sigmas: k`` allows k·√(s_claimed² + s_measured²), the two seed
+    standard deviations combined, for claims published as mean ± std over seeds (it needs
+    the claim's ``std``); it treats both as spreads of single seeds, which is conservative
+    when they are means over several."""
+
     abs: NonNegativeFloat | None = None
     rel: NonNegativeFloat | None = None
+    sigmas: PositiveFloat | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Tolerance:
-        if self.abs is None and self.rel is None:
-            raise ValueError("give abs or rel (or both: the claim holds within either)")
+        if self.abs is None and self.rel is None and self.sigmas is None:
+            raise ValueError("give abs, rel or sigmas (or several: the claim holds within any)")
         return self
 
-    def allows(self, measured: float, claimed: float) -> bool:
+    def allows(self, measured: float, claimed: float, claimed_std: float | None = None,
+               measured_std: float | None = None) -> bool:
         gap = abs(measured - claimed)
-        return (self.abs is not None and gap <= self.abs) or (self.rel is not None and gap <= self.rel * abs(claimed))
+        if self.abs is not None and gap <= self.abs:
+            return True
+        if self.rel is not None and gap <= self.rel * abs(claimed):
+            return True
+        if self.sigmas is not None and claimed_std is not None:
+            return gap <= self.sigmas * math.hypot(claimed_std, measured_std or 0.0)
+        return False
+
+    def describe(self) -> str:
+        parts = [f"±{self.abs:g}" if self.abs is not None else "",
+                 f"±{100 * self.rel:g}%" if self.rel is not None else "",
+                 f"within {self.sigmas:g}σ" if self.sigmas is not None else ""]
+        return " or ".join(p for p in parts if p)
 
 
 class Claim(StrictModel):
@@ -59,27 +79,29 @@ class Claim(StrictModel):
     method: str | None = Field(None, description="on a method spec: that method by default")
     sampler: str | None = None
     value: float | None = None
+    std: NonNegativeFloat | None = Field(None, description="the published spread over seeds (value ± std)")
+    seeds: PositiveInt | None = Field(None, description="how many seeds the published value averages")
     tolerance: Tolerance | None = None
     relation: str | None = None
 
     @model_validator(mode="after")
     def _kind(self) -> Claim:
         if self.relation is not None:
-            if self.value is not None or self.tolerance is not None or self.metric is not None:
-                raise ValueError("a relation claim takes no metric, value or tolerance")
+            if any(x is not None for x in (self.value, self.std, self.tolerance, self.metric)):
+                raise ValueError("a relation claim takes no metric, value, std or tolerance")
             parse_relation(self.relation)
         elif self.metric is None or self.value is None or self.tolerance is None:
             raise ValueError("a claim needs either relation, or metric with value and tolerance")
+        elif self.tolerance.sigmas is not None and self.std is None:
+            raise ValueError("tolerance.sigmas needs the published std of the value")
         return self
 
     def describe(self) -> str:
         if self.relation is not None:
             return self.relation
-        tol = " or ".join(x for x in (
-            f"±{self.tolerance.abs:g}" if self.tolerance.abs is not None else "",
-            f"±{100 * self.tolerance.rel:g}%" if self.tolerance.rel is not None else "") if x)
         where = f"{self.method}@{self.sampler}" if self.sampler else f"{self.method}"
-        return f"{self.metric}({where}) = {self.value:g} {tol}"
+        value = f"{self.value:g}" + (f" ± {self.std:g}" if self.std is not None else "")
+        return f"{self.metric}({where}) = {value}, {self.tolerance.describe()}"
 
 
 # --- the relation grammar ----------------------------------------------------------------
@@ -202,7 +224,7 @@ def evaluate(claim: Claim, frame: Any) -> ClaimResult:
         if not values:
             return ClaimResult(claim, "not run", "—", reason)
         mean, std = _stats(list(values.values()))
-        ok = claim.tolerance.allows(mean, claim.value)
+        ok = claim.tolerance.allows(mean, claim.value, claim.std, std)
         return ClaimResult(claim, "reproduced" if ok else "not reproduced", _fmt(mean, std, len(values)))
     relation = parse_relation(claim.relation)
     per_term: dict[Term, dict[int, float]] = {}

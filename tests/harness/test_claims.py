@@ -56,6 +56,23 @@ def test_value_claim_verdicts_use_the_mean_over_seeds():
     assert evaluate(far, RECORDS).verdict == "not reproduced"
 
 
+def test_sigmas_tolerance_combines_published_and_measured_spread():
+    # measured otcfm: mean 0.03, std 0.01414 (n=2)
+    claim = Claim(source=SOURCE, dataset="g", method="otcfm", sampler="euler-100", metric="npe", value=0.07,
+                  std=0.02, seeds=3, tolerance={"sigmas": 1})
+    assert claim.describe() == "npe(otcfm@euler-100) = 0.07 ± 0.02, within 1σ"
+    assert evaluate(claim, RECORDS).verdict == "not reproduced"  # gap 0.04 > √(0.02² + 0.01414²) = 0.0245
+    two = claim.model_copy(update={"tolerance": claim.tolerance.model_copy(update={"sigmas": 2})})
+    assert evaluate(two, RECORDS).verdict == "reproduced"  # 0.04 <= 0.049
+    # one measured seed (0.02) has no spread: only the published one counts, 0.05 > 2·0.02
+    one_seed = RECORDS[~((RECORDS["method"] == "otcfm") & (RECORDS["seed"] == 1))]
+    assert evaluate(two, one_seed).verdict == "not reproduced"
+    with pytest.raises(ValueError, match="sigmas needs the published std"):
+        Claim(source=SOURCE, dataset="g", method="otcfm", metric="npe", value=0.06, tolerance={"sigmas": 2})
+    with pytest.raises(ValueError, match="takes no metric, value, std"):
+        Claim(source=SOURCE, dataset="g", std=0.1, relation="npe(a) < 1")
+
+
 def test_not_run_when_records_lack_what_the_claim_needs():
     missing = Claim(source=SOURCE, dataset="other", method="otcfm", metric="npe", value=1, tolerance={"rel": 0.1})
     assert evaluate(missing, RECORDS).verdict == "not run"
