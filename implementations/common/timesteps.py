@@ -3,10 +3,12 @@
 - ``uniform``:      t ~ U(0, 1).
 - ``logit_normal``: t = sigmoid(m + s·n), n ~ N(0, 1) (Esser et al. 2024, "Scaling Rectified
   Flow Transformers", §3.1). Symmetric around 1/2 for m = 0, so the paper's reversed time
-  convention does not change the density; for m ≠ 0 the sign of m flips.
+  convention does not change the density; for m ≠ 0 the sign of m flips. Checked against
+  diffusers' ``compute_density_for_timestep_sampling`` ("logit_normal"), which cites §3.1.
 - ``u_shaped``:     density ∝ e^{a t} + e^{a(1 − t)} on [0, 1] (Lee et al. 2024, "Improving
   the Training of Rectified Flows", a = 4): more weight near both ends. Sampled exactly
-  as an equal mixture of the truncated exponential e^{a t} and its mirror image.
+  as an equal mixture of the truncated exponential e^{a t} and its mirror image, the same
+  mixture the official rfpp code (t_dist.py) draws, there by a numerical inverse CDF.
 """
 
 from __future__ import annotations
