@@ -21,6 +21,16 @@ LIST_KINDS = ("methods", "datasets", "samplers", "metrics", "suites", "hardware"
               "optimizers")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowgauge",
@@ -38,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the run plan and exit")
+    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                     help="run up to N trainings at once in local worker processes (default 1: inline); "
+                          "timings then share the machine, which records note")
 
     validate = sub.add_parser("validate", help="check spec files without running anything")
     validate.add_argument("paths", nargs="+", type=Path, metavar="SPEC")
@@ -85,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             for e in plan.evals[job.key]:
                 print(f"{e.label}  train={job.key}  record={e.key}")
         return 0
-    summary = Runner(results, progress=not args.no_progress).run(plan)
+    summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers)
     print(leaderboard(results, args.format))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     print(f"\n{counts}; records in {results / 'records'}", file=sys.stderr)

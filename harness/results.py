@@ -31,12 +31,24 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     A reader sees the old file or the new one, never a half-written one.
     """
     obj = json_safe(obj)
+
+    def dump(f) -> None:
+        f.write(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False, default=str).encode() + b"\n")
+
+    write_atomic(path, dump)
+
+
+def write_atomic(path: Path, write: Any) -> None:
+    """``write(binary_file)`` into a uniquely named temporary file next to ``path``, fsync,
+    then rename it over ``path``: concurrent writers of one path (two worker processes
+    caching the same teacher pairs) never share a temporary file, and a reader never sees
+    a half-written one. A process killed midway leaves only a ``.*.tmp`` file, which
+    :func:`remove_leftovers` clears."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -48,6 +60,17 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_leftovers(results_dir: Path) -> int:
+    """Delete temporary files that an interrupted run left in ``results_dir``; their final
+    files were never written, so the run that owns the directory redoes that work."""
+    removed = 0
+    for folder in ("records", "models", "pairs"):
+        for tmp in (results_dir / folder).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def record_path(results_dir: Path, key: str, label: str) -> Path:

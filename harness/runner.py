@@ -32,7 +32,7 @@ from harness.interfaces import Batch
 from harness.measure import NFECounter, PeakMemory, time_calls
 from harness.metrics import EvalContext
 from harness.plan import EvalJob, RunPlan, TrainJob, canonical, spec_hash
-from harness.results import RECORD_SCHEMA, final_keys, record_path, write_json_atomic
+from harness.results import RECORD_SCHEMA, final_keys, record_path, remove_leftovers, write_atomic, write_json_atomic
 from harness.seeding import generator, seed_everything, stream_seed
 from harness.spec import HardwareSpec
 
@@ -423,17 +423,23 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict) ->
 
 
 class Runner:
-    """Runs a plan in this process and writes records under ``results_dir``."""
+    """Runs a plan and writes records under ``results_dir``: inline, or with ``workers`` > 1
+    in that many local processes (see :mod:`harness.executors`).
 
-    def __init__(self, results_dir: Path, progress: bool = True):
+    ``concurrency`` is how many trainings run at once on this machine; it is recorded with
+    every record's environment because it colours the timings."""
+
+    def __init__(self, results_dir: Path, progress: bool = True, concurrency: int = 1):
         self.results_dir = Path(results_dir)
         self.progress = progress
+        self.concurrency = concurrency
 
     def model_path(self, key: str) -> Path:
         return self.results_dir / "models" / f"{key}.pt"
 
-    def run(self, plan: RunPlan) -> Summary:
+    def run(self, plan: RunPlan, workers: int = 1) -> Summary:
         summary = Summary()
+        remove_leftovers(self.results_dir)
         write_json_atomic(self.results_dir / "suite.json", {"schema": RECORD_SCHEMA, "suite": canonical(plan.suite)})
         done = final_keys(self.results_dir)
         pending = {job.key: [e for e in plan.evals[job.key] if e.key not in done] for job in plan.trainings}
@@ -448,6 +454,24 @@ class Runner:
                 if job.teacher is not None and not self.model_path(job.key).is_file():
                     needed.add(job.teacher.key)
         jobs = [job for job in plan.trainings if job.key in needed]
+        if workers > 1 and len(jobs) > 1:
+            from harness.executors import run_in_processes
+
+            bar = tqdm(total=len(jobs), desc=f"suite {plan.suite.name} ({workers} workers)", unit="run",
+                       disable=not self.progress)
+
+            def done(job: TrainJob, counts: dict[str, int]) -> None:
+                for status, n in counts.items():
+                    for _ in range(n):
+                        summary.add(status)
+                bar.set_postfix_str(job.label)
+                bar.update()
+
+            try:
+                run_in_processes(self.results_dir, jobs, pending, workers, done)
+            finally:
+                bar.close()
+            return summary
         bar = tqdm(jobs, desc=f"suite {plan.suite.name}", unit="run", disable=not self.progress)
         for job in bar:
             bar.set_postfix_str(job.label)
@@ -503,10 +527,8 @@ class Runner:
                 self._load_weights(job.teacher, built.network, built.device)
         result = train(job, built, self.progress, pairs)
         if result.status == "ok":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(built.network.state_dict(), tmp)
-            os.replace(tmp, path)
+            state = built.network.state_dict()
+            write_atomic(path, lambda f: torch.save(state, f))
             write_json_atomic(stats_path, {"key": job.key, "spec": job.spec, "train": result.stats})
         return result
 
@@ -536,10 +558,7 @@ class Runner:
         stats = {"teacher_key": teacher.key, "teacher": teacher.method.name, "sampler": spec.sampler.name,
                  "num_pairs": spec.num_pairs, "nfe": counter.nfe(spec.num_pairs),
                  "seconds": time.perf_counter() - start, "reused": False}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save({"z_0": z_0, "z_1": z_1, "stats": json.dumps(stats)}, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: torch.save({"z_0": z_0, "z_1": z_1, "stats": json.dumps(stats)}, f))
         return Pairs(z_0, z_1, stats)
 
     def _write(self, job: EvalJob, status: str, metrics: dict, measurements: dict, train_stats: dict,
@@ -559,7 +578,7 @@ class Runner:
             "measurements": measurements,
             "train": train_stats,
             "spec": job.spec,
-            "environment": environment(job.train.hardware.device),
+            "environment": {**environment(job.train.hardware.device), "concurrent_runs": self.concurrency},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json_atomic(record_path(self.results_dir, job.key, job.label), record)

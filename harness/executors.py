@@ -1,0 +1,86 @@
+"""Executors: where the trainings of a plan run.
+
+The unit of work is one training job together with its evaluations (one process trains a
+model and samples it with every sampler, so a trained model never crosses a process
+boundary except through its file under ``models/``). Executors only decide where and in
+which order those units run; every unit writes its own records atomically, so any
+executor can be interrupted and resumed by the inline one, and the other way round.
+
+- ``inline``: one after another in this process (the default).
+- ``process``: up to N worker processes on this machine (``--workers N``). A student waits
+  for its teacher's unit to finish (the plan is a DAG); units that do not depend on each
+  other run side by side. Workers are started with ``spawn``, so each has a fresh torch
+  and applies its run's hardware settings (threads, determinism) itself.
+
+Timings taken while other units run on the same machine share its cores and memory
+bandwidth; records say how many units ran at once (``environment.concurrent_runs``) so
+that tables can tell such timings apart. Quality metrics do not depend on the executor:
+CPU runs are bitwise reproducible across processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from harness.plan import EvalJob, TrainJob
+
+Counts = dict[str, int]
+
+
+def _worker_init() -> None:
+    # Ctrl-C goes to the whole process group: the parent alone decides what to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import harness.metrics  # noqa: F401  registers the metrics
+    import implementations  # noqa: F401  registers methods, networks, datasets, solvers, optimisers
+
+
+def _run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], concurrency: int) -> Counts:
+    from harness.runner import Runner, Summary
+
+    summary = Summary()
+    Runner(results_dir, progress=False, concurrency=concurrency)._run_training(job, evals, summary)
+    return summary.counts
+
+
+def run_in_processes(results_dir: Path, jobs: Sequence[TrainJob], pending: dict[str, list[EvalJob]],
+                     workers: int, on_done: Callable[[TrainJob, Counts], None]) -> None:
+    """Run ``jobs`` (teachers before their students, as the plan orders them) in up to
+    ``workers`` processes; ``on_done`` is called in this process as each unit finishes."""
+    workers = min(workers, len(jobs))
+    keys = {job.key for job in jobs}
+    finished: set[str] = set()
+    waiting = list(jobs)
+    running: dict[Future, TrainJob] = {}
+
+    def ready(job: TrainJob) -> bool:
+        teacher = job.teacher
+        return teacher is None or teacher.key not in keys or teacher.key in finished
+
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+    try:
+        while waiting or running:
+            for job in [j for j in waiting if ready(j)]:
+                if len(running) >= workers:
+                    break
+                waiting.remove(job)
+                running[pool.submit(_run_unit, results_dir, job, pending[job.key], workers)] = job
+            if not running:
+                raise RuntimeError("no runnable training: the plan's teacher order is broken")
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                finished.add(job.key)
+                on_done(job, future.result())
+    except BaseException:
+        # Interrupted (or a worker died): stop everything now. Finished units have written
+        # their records; the ones cut short are redone by the next run.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -1,0 +1,74 @@
+"""Executors: worker processes give the same records as the inline runner, respect the
+teacher -> student order, and stop cleanly on Ctrl-C so that a rerun resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from harness.plan import make_plan
+from harness.resolve import load_suite
+from harness.results import read_records
+from harness.runner import Runner
+from tests.conftest import PROJECT, SPECS
+
+CHAIN = ["budget.train.steps=30", "budget.eval.num_samples=200", "budget.eval.repeats=1", "seeds=[0, 1]",
+         "methods.1-rectified-flow.batch_size=64", "methods.2-rectified-flow.batch_size=64",
+         "methods.2-rectified-flow-distilled.batch_size=64", "methods.2-rectified-flow.teacher.num_pairs=300",
+         "methods.2-rectified-flow-distilled.teacher.num_pairs=300", "samplers=[euler-1, euler-100]"]
+
+
+def test_worker_processes_match_the_inline_runner_and_keep_teachers_first(tmp_path):
+    plan = make_plan(load_suite("rectified-flow-toy", CHAIN, root=SPECS))
+    assert len(plan.trainings) == 6  # a 1-RF -> 2-RF -> distilled chain per seed
+    inline = Runner(tmp_path / "inline", progress=False).run(plan)
+    parallel = Runner(tmp_path / "parallel", progress=False).run(plan, workers=3)
+    assert inline.counts == parallel.counts == {"ok": 12}
+    a = {r["key"]: r for r in read_records(tmp_path / "inline")}
+    b = {r["key"]: r for r in read_records(tmp_path / "parallel")}
+    assert a.keys() == b.keys()
+    for key, record in a.items():
+        for metric in ("w2", "straightness", "nfe"):
+            assert record["metrics"][metric] == b[key]["metrics"][metric], (record["method"], metric)
+        assert record["environment"]["concurrent_runs"] == 1
+        assert b[key]["environment"]["concurrent_runs"] == 3
+    # Every student found its teacher's model: the pairs it trained on were generated, once.
+    students = [r for r in b.values() if r["method"] != "1-rectified-flow"]
+    assert students and all(r["train"]["teacher_pairs"]["num_pairs"] == 300 for r in students)
+    assert len(list((tmp_path / "parallel" / "pairs").glob("*.pt"))) == 4  # 2 teachers x 2 seeds
+    # A rerun with workers finds everything done.
+    assert Runner(tmp_path / "parallel", progress=False).run(plan, workers=3).counts == {"cached": 12}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_stops_the_suite_and_a_rerun_resumes(tmp_path, workers):
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "harness.cli", "run", "quickstart", "--results", str(out), "--no-progress",
+            "--workers", workers, "--set", "budget.train.steps=150", "--set", "budget.eval.num_samples=256",
+            "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list(out.glob("records/*.json")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no record written in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: to the whole group
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "finished records are kept" in stderr and "Traceback" not in stderr
+    records = read_records(out)  # every final file is whole (a partial one would not parse)
+    assert 1 <= len(records) < 3 and all(r["status"] == "ok" for r in records)
+    for model in out.glob("models/*.pt"):
+        torch.load(model, weights_only=True)
+    rerun = subprocess.run(args, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(records)} cached" in rerun.stderr and f"{3 - len(records)} ok" in rerun.stderr
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
