@@ -207,6 +207,20 @@ def claims_report(results_dir: Path, fmt: str = "markdown") -> tuple[str, list]:
     return render_claims(results, fmt), results
 
 
+TIMING_NEEDS = {"latency", "memory", "train"}
+
+
+def concurrency_note(records: list[dict], metrics: list[str]) -> str:
+    """A warning when timings in the table were taken while other runs shared the machine."""
+    timed = [m for m in metrics if m in METRICS and METRICS.get(m).needs & TIMING_NEEDS]
+    shared = [r for r in records if (r.get("environment") or {}).get("concurrent_runs", 1) > 1]
+    if not timed or not shared:
+        return ""
+    most = max(r["environment"]["concurrent_runs"] for r in shared)
+    return (f"Note: {len(shared)} of {len(records)} records were measured with up to {most} runs sharing the "
+            f"machine (--workers); their {', '.join(timed)} are not comparable with runs made alone.")
+
+
 def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None) -> str:
     from harness.results import read_records, records_frame
 
@@ -225,6 +239,9 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
         if m not in frame:
             frame[m] = None
     text = render(build_tables(frame, metrics, rank), fmt, precision)
+    note = concurrency_note(records, metrics)
+    if note and fmt in ("markdown", "html"):
+        text += f"\n\n{note}" if fmt == "markdown" else f"\n<p>{html.escape(note)}</p>"
     if fmt in ("markdown", "html"):
         claims, _ = claims_report(results_dir, fmt)
         if claims:

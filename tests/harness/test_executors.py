@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from harness.leaderboard import leaderboard
 from harness.plan import make_plan
 from harness.resolve import load_suite
 from harness.results import read_records
@@ -42,6 +43,9 @@ def test_worker_processes_match_the_inline_runner_and_keep_teachers_first(tmp_pa
     students = [r for r in b.values() if r["method"] != "1-rectified-flow"]
     assert students and all(r["train"]["teacher_pairs"]["num_pairs"] == 300 for r in students)
     assert len(list((tmp_path / "parallel" / "pairs").glob("*.pt"))) == 4  # 2 teachers x 2 seeds
+    # Tables warn that timings were taken side by side.
+    assert "sharing the machine" in leaderboard(tmp_path / "parallel")
+    assert "sharing the machine" not in leaderboard(tmp_path / "inline")
     # A rerun with workers finds everything done.
     assert Runner(tmp_path / "parallel", progress=False).run(plan, workers=3).counts == {"cached": 12}
 
