@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("results", type=Path, metavar="RESULTS_DIR")
     report.add_argument("--out", type=Path, default=None, help="folder for report.md and plots (RESULTS_DIR/report)")
 
+    rekey = sub.add_parser("rekey", help="re-key the records of RESULTS_DIR after an upgrade changed record keys")
+    rekey.add_argument("results", type=Path, metavar="RESULTS_DIR")
+
     board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
     board.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
@@ -182,6 +185,17 @@ def cmd_claims(args: argparse.Namespace) -> int:
     return EXIT_CLAIM_FAILED if args.strict and counts["reproduced"] < len(results) else 0
 
 
+def cmd_rekey(args: argparse.Namespace) -> int:
+    from harness.errors import SpecError
+    from harness.results import rekey_records
+
+    if not (args.results / "records").is_dir():
+        raise SpecError(f"no records/ in {args.results}: not a flowgauge results directory")
+    changed = rekey_records(args.results)
+    print(f"{changed} record(s) re-keyed in {args.results / 'records'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     _load_registries()
     from harness.errors import SpecError
@@ -194,7 +208,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
-            "claims": cmd_claims}
+            "claims": cmd_claims, "rekey": cmd_rekey}
 
 
 def main(argv: list[str] | None = None) -> int:

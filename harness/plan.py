@@ -102,11 +102,26 @@ class EvalJob:
 
     @property
     def key(self) -> str:
-        return spec_hash({"train_key": self.train.key, **self.spec})
+        return record_key(self.train.key, self.spec)
 
     @property
     def label(self) -> str:
         return f"{self.train.dataset.name}/{self.train.method.name}/{self.sampler.name}/seed{self.train.seed}"
+
+
+def record_key(train_key: str, spec: dict) -> str:
+    """The key of one (run, sampler) record, from its training key and the full spec that
+    the record stores: what changes the evaluation (sampler, evaluation budget, metrics) and
+    the names that label its row. Descriptions, papers, claims and the suite's name are
+    left out, so editing them keeps finished records; a record can be re-keyed from its
+    own contents."""
+    return spec_hash({
+        "train_key": train_key,
+        "names": {part: spec[part]["name"] for part in ("dataset", "method", "sampler")},
+        "sampler": _training_part(spec["sampler"]),
+        "eval": spec["budget"]["eval"],
+        "metrics": spec["metrics"],
+    })
 
 
 @dataclass

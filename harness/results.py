@@ -86,6 +86,25 @@ def read_records(results_dir: Path) -> list[dict]:
     return records
 
 
+def rekey_records(results_dir: Path) -> int:
+    """Give every record the key this version computes from its own contents (its training
+    key and stored spec), renaming its file; returns how many changed. For results written
+    before a change to the record key, so that a rerun resumes from them."""
+    from harness.plan import record_key
+
+    changed = 0
+    for path in sorted((results_dir / "records").glob("*.json")):
+        record = json.loads(path.read_text())
+        key = record_key(record["train_key"], record["spec"])
+        if key == record["key"]:
+            continue
+        label = f"{record['dataset']}/{record['method']}/{record['sampler']}/seed{record['seed']}"
+        write_json_atomic(record_path(results_dir, key, label), {**record, "key": key})
+        path.unlink()
+        changed += 1
+    return changed
+
+
 def final_keys(results_dir: Path) -> set[str]:
     """Keys of records that need no rerun (finished, or diverged: a result in itself)."""
     return {r["key"] for r in read_records(results_dir) if r.get("status") in ("ok", "diverged")}

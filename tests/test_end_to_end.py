@@ -180,3 +180,22 @@ def test_torch_compile_path_on_cpu(tmp_path):
     # compilation lands in the first step and the first sampling call, not in the timings
     assert record["train"]["first_step_s"] > record["train"]["train_s"] / 4
     assert record["measurements"]["first_call_s"] > record["measurements"]["latency"]["median"]
+
+
+def test_record_keys_ignore_descriptions_and_rekey_restores_old_records(tmp_path):
+    out, _ = _run(tmp_path)
+    described = ["methods.icfm.description=reworded", "samplers.heun-8.description=reworded"]
+    _, again = _run(tmp_path, overrides=described)
+    assert again.counts == {"cached": 6}  # descriptions are not part of any key
+    # Records written under an older key scheme: rekey finds them again from their contents.
+    for path in (out / "records").glob("*.json"):
+        record = json.loads(path.read_text())
+        path.unlink()
+        old = record["key"][::-1]
+        (out / "records" / path.name.replace(record["key"], old)).write_text(json.dumps({**record, "key": old}))
+    result = run_cli("rekey", str(out))
+    assert result.returncode == 0 and "6 record(s) re-keyed" in result.stdout, result.stderr
+    _, resumed = _run(tmp_path)
+    assert resumed.counts == {"cached": 6}
+    assert len(list((out / "records").glob("*.json"))) == 6
+    assert run_cli("rekey", str(tmp_path / "nowhere")).returncode == 2
