@@ -46,7 +46,7 @@ class Table:
     rows: list[Row]
 
 
-def _direction(name: str) -> bool:
+def higher_is_better(name: str) -> bool:
     """True when higher is better; metrics unknown to this version rank lower-is-better."""
     return METRICS.get(name).higher_is_better if name in METRICS else False
 
@@ -80,12 +80,12 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 std = float(values.std(ddof=1)) if n > 1 else None
                 cells[m] = Cell(mean, std, n)
             rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells))
-        rows.sort(key=lambda row: _rank_key(row, rank_by, _direction(rank_by)))
+        rows.sort(key=lambda row: _rank_key(row, rank_by, higher_is_better(rank_by)))
         for m in metrics:
             vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
             if not vals:
                 continue
-            best = max(vals) if _direction(m) else min(vals)
+            best = max(vals) if higher_is_better(m) else min(vals)
             if len(set(vals)) == 1 and len(vals) > 1:
                 continue  # a column where every row ties marks nothing
             for r in rows:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from harness.leaderboard import claims_report, header, leaderboard, leaderboard_options
+from harness.leaderboard import claims_report, header, higher_is_better, leaderboard, leaderboard_options
 from harness.results import read_records, records_frame
 
 
@@ -61,6 +61,55 @@ def plot_quality_vs_cost(records: list[dict], quality: str, cost: str, path: Pat
     return path
 
 
+def plot_by_method(records: list[dict], metric: str, path: Path) -> Path | None:
+    """One panel per dataset: ``metric`` of every seed (dots) and its mean (bar) for each
+    (method, sampler), best first: the seed spread at a glance."""
+    frame = records_frame(records)
+    if frame.empty or metric not in frame:
+        return None
+    ok = frame[frame["status"] == "ok"].dropna(subset=[metric])
+    if ok.empty:
+        return None
+    plt = _pyplot()
+    higher = higher_is_better(metric)
+    datasets = sorted(ok["dataset"].unique())
+    cols = min(3, len(datasets))
+    rows = math.ceil(len(datasets) / cols)
+    most = max(ok[ok["dataset"] == d].groupby(["method", "sampler"]).ngroups for d in datasets)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, (1.2 + 0.32 * most) * rows), squeeze=False)
+    for ax, dataset in zip(axes.flat, datasets):
+        sub = ok[ok["dataset"] == dataset]
+        groups = [((m, s), g[metric].to_numpy(dtype=float)) for (m, s), g in sub.groupby(["method", "sampler"])]
+        groups.sort(key=lambda item: item[1].mean(), reverse=not higher)  # best at the top
+        several_samplers = sub["sampler"].nunique() > 1
+        labels = [f"{m} @ {s}" if several_samplers else m for (m, s), _ in groups]
+        for i, (_, values) in enumerate(groups):
+            ax.barh(i, values.mean(), color="0.85", edgecolor="0.4", height=0.6)
+            ax.scatter(values, [i] * len(values), color="C0", s=14, zorder=3)
+        ax.set_yticks(range(len(groups)), labels, fontsize=8)
+        values = sub[metric].to_numpy(dtype=float)
+        if (values > 0).all() and values.max() / values.min() > 30:
+            ax.set_xscale("log")
+        ax.set_xlabel(header(metric))
+        ax.set_title(f"{dataset} (bars: mean; dots: seeds)", fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cost_varies(records: list[dict], cost: str) -> bool:
+    """Whether some dataset was measured at more than one cost (else a quality-against-cost
+    plot is a column of dots)."""
+    frame = records_frame(records)
+    if frame.empty or cost not in frame:
+        return False
+    return bool((frame.dropna(subset=[cost]).groupby("dataset")[cost].nunique() > 1).any())
+
+
 def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
     """Training loss against step, one panel per dataset, one line per (method, seed)."""
     seen: dict[tuple, list] = {}
@@ -105,7 +154,9 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
     claims, _ = claims_report(results_dir)
     if claims and "### Claims" not in parts[-1]:
         parts.append("### Claims\n\n" + claims)
-    cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics), None)
+    if plot_by_method(records, rank_by, out / f"{rank_by}_by_method.png"):
+        parts.append(f"![{rank_by} by method and seed]({rank_by}_by_method.png)")
+    cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(records, c)), None)
     if cost and rank_by != cost and plot_quality_vs_cost(records, rank_by, cost, out / "quality_vs_cost.png"):
         parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
     if plot_loss_curves(records, out / "loss_curves.png"):
