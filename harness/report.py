@@ -110,6 +110,61 @@ def _cost_varies(records: list[dict], cost: str) -> bool:
     return bool((frame.dropna(subset=[cost]).groupby("dataset")[cost].nunique() > 1).any())
 
 
+def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int = 64) -> Path | None:
+    """Generated 2-D samples (seed with the lowest number) against the reference: one row
+    per (dataset, sampler), one column per method, the reference first. Grey segments join
+    a few source points to the samples the flow maps them to, which shows the coupling a
+    method learned (crossing for independent pairs, nearly parallel for OT)."""
+    import numpy as np
+
+    chosen: dict[tuple[str, str, str], dict] = {}
+    for r in records:
+        if r.get("status") != "ok" or not (r.get("artefacts") or {}).get("points"):
+            continue
+        slot = (r["dataset"], r["sampler"], r["method"])
+        if slot not in chosen or r["seed"] < chosen[slot]["seed"]:
+            chosen[slot] = r
+    if not chosen:
+        return None
+    rows = sorted({(d, s) for d, s, _ in chosen})
+    methods = sorted({m for _, _, m in chosen})
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(2.3 * (len(methods) + 1), 2.3 * len(rows)),
+                             squeeze=False)
+    for i, (dataset, sampler) in enumerate(rows):
+        reference = None
+        for j, method in enumerate(methods, start=1):
+            ax = axes[i][j]
+            record = chosen.get((dataset, sampler, method))
+            if record is None:
+                ax.axis("off")
+                continue
+            with np.load(results_dir / record["artefacts"]["points"]) as data:
+                source, samples, reference = data["source"], data["samples"], data["reference"]
+            k = min(lines, len(source))
+            ax.plot(np.stack([source[:k, 0], samples[:k, 0]]), np.stack([source[:k, 1], samples[:k, 1]]),
+                    color="0.6", lw=0.4, alpha=0.6)
+            ax.scatter(samples[:, 0], samples[:, 1], s=1, color="C0", alpha=0.6)
+            ax.set_title(f"{method}\n{sampler}, seed {record['seed']}", fontsize=8)
+        ax = axes[i][0]
+        if reference is not None:
+            ax.scatter(reference[:, 0], reference[:, 1], s=1, color="C1", alpha=0.6)
+        ax.set_title(f"{dataset}\nreference", fontsize=8)
+        limits = [a.get_xlim() + a.get_ylim() for a in axes[i] if a.has_data()]
+        lo = min(min(l[0], l[2]) for l in limits)
+        hi = max(max(l[1], l[3]) for l in limits)
+        for a in axes[i]:
+            a.set_xlim(lo, hi)
+            a.set_ylim(lo, hi)
+            a.set_aspect("equal")
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
     """Training loss against step, one panel per dataset, one line per (method, seed)."""
     seen: dict[tuple, list] = {}
@@ -159,6 +214,8 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
     cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(records, c)), None)
     if cost and rank_by != cost and plot_quality_vs_cost(records, rank_by, cost, out / "quality_vs_cost.png"):
         parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
+    if plot_samples(records, results_dir, out / "samples.png"):
+        parts.append("![generated samples against the reference](samples.png)")
     if plot_loss_curves(records, out / "loss_curves.png"):
         parts.append("![training loss](loss_curves.png)")
     path = out / "report.md"

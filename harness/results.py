@@ -66,7 +66,7 @@ def remove_leftovers(results_dir: Path) -> int:
     """Delete temporary files that an interrupted run left in ``results_dir``; their final
     files were never written, so the run that owns the directory redoes that work."""
     removed = 0
-    for folder in ("records", "models", "pairs"):
+    for folder in ("records", "models", "pairs", "samples"):
         for tmp in (results_dir / folder).glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
             removed += 1

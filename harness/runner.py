@@ -350,8 +350,15 @@ def _thin(curve: list[tuple[int, float]]) -> list[list[float]]:
     return [[curve[i][0], curve[i][1]] for i in idx]
 
 
-def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict) -> tuple[str, dict, dict]:
-    """Sample with one sampler; measure NFE, latency, memory; compute the metrics."""
+SAVED_POINTS = 1000  # generated 2-D points kept per record, for plots
+
+
+def evaluate(job: EvalJob, built: Built, model: nn.Module,
+             train_stats: dict) -> tuple[str, dict, dict, dict[str, np.ndarray] | None]:
+    """Sample with one sampler; measure NFE, latency, memory; compute the metrics.
+
+    Also returns, for two-dimensional data, up to SAVED_POINTS source points, the samples
+    generated from them and reference points (float32), for the report's sample plots."""
     seed, n = job.train.seed, job.budget.num_samples
     hw = job.train.hardware
     solver_cls = reg.SOLVERS.get(job.sampler.solver)
@@ -419,7 +426,14 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict) ->
         "memory": memory.result,
         "samples_finite": finite,
     }
-    return ("ok" if finite else "diverged"), metrics, measurements
+    points = None
+    if samples.shape[1] == 2:
+        # A fixed random subset: a stratified reference (moons on a grid of angles) is
+        # ordered, and its first points would show one moon only.
+        keep = np.sort(np.random.default_rng(0).permutation(n)[:SAVED_POINTS])
+        points = {"source": ctx.source[keep], "samples": samples[keep], "reference": ctx.reference[keep]}
+        points = {k: v.astype(np.float32) for k, v in points.items()}
+    return ("ok" if finite else "diverged"), metrics, measurements, points
 
 
 class Runner:
@@ -495,12 +509,17 @@ class Runner:
                 summary.add(result.status)
                 continue
             try:
-                status, metrics, measurements = evaluate(e, built, result.model, result.stats)
+                status, metrics, measurements, points = evaluate(e, built, result.model, result.stats)
             except Exception as err:  # noqa: BLE001
                 self._write(e, "failed", {}, {}, result.stats, error=_error(err))
                 summary.add("failed")
                 continue
-            self._write(e, status, metrics, measurements, result.stats)
+            artefacts = {}
+            if points is not None:
+                path = self.results_dir / "samples" / f"{e.key}.npz"
+                write_atomic(path, lambda f, p=points: np.savez_compressed(f, **p))
+                artefacts["points"] = str(path.relative_to(self.results_dir))
+            self._write(e, status, metrics, measurements, result.stats, artefacts=artefacts)
             summary.add(status)
 
     def _load_weights(self, job: TrainJob, network: nn.Module, device: torch.device) -> None:
@@ -562,7 +581,7 @@ class Runner:
         return Pairs(z_0, z_1, stats)
 
     def _write(self, job: EvalJob, status: str, metrics: dict, measurements: dict, train_stats: dict,
-               error: str | None = None) -> None:
+               error: str | None = None, artefacts: dict | None = None) -> None:
         record = {
             "schema": RECORD_SCHEMA,
             "key": job.key,
@@ -579,6 +598,7 @@ class Runner:
             "train": train_stats,
             "spec": job.spec,
             "environment": {**environment(job.train.hardware.device), "concurrent_runs": self.concurrency},
+            "artefacts": artefacts or {},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json_atomic(record_path(self.results_dir, job.key, job.label), record)

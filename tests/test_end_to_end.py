@@ -52,6 +52,12 @@ def test_cli_tiny_suite_writes_records_and_prints_the_leaderboard(tmp_path):
     for field in ("torch", "python", "device", "cpu", "threads", "git_commit", "git_dirty"):
         assert field in env
     assert record["spec"]["budget"]["train"]["steps"] == 40
+    # 2-D data: a subset of the source points, their samples and reference points is kept
+    import numpy as np
+
+    with np.load(out / record["artefacts"]["points"]) as points:
+        assert {k: points[k].shape for k in points} == {k: (256, 2) for k in ("source", "samples", "reference")}
+        assert points["samples"].dtype == np.float32 and np.isfinite(points["samples"]).all()
     # leaderboard command on the same directory renders every format
     for fmt, marker in (("markdown", "| #"), ("latex", r"\toprule"), ("html", "<table>"), ("csv", "dataset,rank")):
         board = run_cli("leaderboard", str(out), "--format", fmt)

@@ -47,6 +47,6 @@ def test_report_writes_markdown_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr
     report = (out / "report" / "report.md").read_text()
     assert "### moons" in report and "![w2 against nfe](quality_vs_cost.png)" in report
-    assert "![w2 by method and seed](w2_by_method.png)" in report
-    for png in ("quality_vs_cost.png", "loss_curves.png", "w2_by_method.png"):
+    assert "![w2 by method and seed](w2_by_method.png)" in report and "(samples.png)" in report
+    for png in ("quality_vs_cost.png", "loss_curves.png", "w2_by_method.png", "samples.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
