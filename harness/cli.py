@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the run plan and exit")
+    run.add_argument("--prune", action="store_true",
+                     help="delete records of RESULTS_DIR that the suite no longer produces (older specs)")
     run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                      help="run up to N trainings at once in local worker processes (default 1: inline); "
                           "timings then share the machine, which records note")
@@ -102,6 +104,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"{e.label}  train={job.key}  record={e.key}")
         return 0
     summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers)
+    from harness.results import stale_records
+
+    stale = stale_records(results, {e.key for evals in plan.evals.values() for e in evals})
+    if stale and args.prune:
+        for path in stale:
+            path.unlink()
+        print(f"pruned {len(stale)} record(s) that the suite no longer produces", file=sys.stderr)
+    elif stale:
+        print(f"warning: {len(stale)} record(s) in {results / 'records'} are not produced by this suite as it "
+              "stands (older specs); tables mix them in. Rerun with --prune to delete them.", file=sys.stderr)
     print(leaderboard(results, args.format))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     print(f"\n{counts}; records in {results / 'records'}", file=sys.stderr)

@@ -105,6 +105,12 @@ def rekey_records(results_dir: Path) -> int:
     return changed
 
 
+def stale_records(results_dir: Path, keys: set[str]) -> list[Path]:
+    """Record files whose key is not in ``keys`` (the current plan's): left by an older
+    version of the suite's specs, they would otherwise be averaged with the current ones."""
+    return [p for p in sorted((results_dir / "records").glob("*.json")) if json.loads(p.read_text())["key"] not in keys]
+
+
 def final_keys(results_dir: Path) -> set[str]:
     """Keys of records that need no rerun (finished, or diverged: a result in itself)."""
     return {r["key"] for r in read_records(results_dir) if r.get("status") in ("ok", "diverged")}

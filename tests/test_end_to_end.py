@@ -205,3 +205,18 @@ def test_record_keys_ignore_descriptions_and_rekey_restores_old_records(tmp_path
     assert resumed.counts == {"cached": 6}
     assert len(list((out / "records").glob("*.json"))) == 6
     assert run_cli("rekey", str(tmp_path / "nowhere")).returncode == 2
+
+
+def test_records_the_suite_no_longer_produces_are_reported_and_pruned(tmp_path):
+    out = tmp_path / "r"
+    base = ["run", "quickstart", "--results", str(out), "--no-progress", "--set", "datasets=[moons]",
+            "--set", "methods=[icfm]", "--set", "samplers=[euler-1]", *sum((["--set", t] for t in TINY), [])]
+    assert run_cli(*base).returncode == 0
+    changed = run_cli(*base, "--set", "metrics=[w2]")  # new evaluation part: a new record key
+    assert changed.returncode == 0
+    assert "warning: 1 record(s)" in changed.stderr and "--prune" in changed.stderr
+    assert len(list((out / "records").glob("*.json"))) == 2
+    pruned = run_cli(*base, "--set", "metrics=[w2]", "--prune")
+    assert pruned.returncode == 0 and "pruned 1 record(s)" in pruned.stderr
+    (record,) = read_records(out)
+    assert set(record["metrics"]) == {"w2"}
