@@ -79,8 +79,12 @@ def run_in_processes(results_dir: Path, jobs: Sequence[TrainJob], pending: dict[
     except BaseException:
         # Interrupted (or a worker died): stop everything now. Finished units have written
         # their records; the ones cut short are redone by the next run.
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
+        terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+        if terminate is not None:
+            terminate()
+        else:  # earlier versions have no public way to stop a running worker
+            for process in list((pool._processes or {}).values()):
+                process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
