@@ -61,8 +61,12 @@ class TrainResult:
 class Summary:
     counts: dict[str, int] = field(default_factory=dict)
 
-    def add(self, status: str) -> None:
-        self.counts[status] = self.counts.get(status, 0) + 1
+    def add(self, status: str, n: int = 1) -> None:
+        self.counts[status] = self.counts.get(status, 0) + n
+
+    def merge(self, counts: dict[str, int]) -> None:
+        for status, n in counts.items():
+            self.add(status, n)
 
 
 def configure(hardware: HardwareSpec) -> torch.device:
@@ -474,15 +478,13 @@ class Runner:
             bar = tqdm(total=len(jobs), desc=f"suite {plan.suite.name} ({workers} workers)", unit="run",
                        disable=not self.progress)
 
-            def done(job: TrainJob, counts: dict[str, int]) -> None:
-                for status, n in counts.items():
-                    for _ in range(n):
-                        summary.add(status)
+            def unit_finished(job: TrainJob, counts: dict[str, int]) -> None:
+                summary.merge(counts)
                 bar.set_postfix_str(job.label)
                 bar.update()
 
             try:
-                run_in_processes(self.results_dir, jobs, pending, workers, done)
+                run_in_processes(self.results_dir, jobs, pending, workers, unit_finished)
             finally:
                 bar.close()
             return summary
