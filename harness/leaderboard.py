@@ -190,8 +190,9 @@ def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
     return [], "w2", 4
 
 
-def claims_report(results_dir: Path, fmt: str = "markdown") -> tuple[str, list]:
-    """The claims table of a results directory and the verdicts behind it."""
+def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -> tuple[str, list]:
+    """The claims table of a results directory and the verdicts behind it; ``frame`` is
+    its records' DataFrame when the caller has already loaded it."""
     from harness.claims import evaluate, suite_claims
     from harness.claims import render as render_claims
     from harness.results import read_records, records_frame
@@ -202,7 +203,8 @@ def claims_report(results_dir: Path, fmt: str = "markdown") -> tuple[str, list]:
     claims = suite_claims(json.loads(path.read_text())["suite"])
     if not claims:
         return "", []
-    frame = records_frame(read_records(results_dir))
+    if frame is None:
+        frame = records_frame(read_records(results_dir))
     results = [evaluate(c, frame) for c in claims]
     return render_claims(results, fmt), results
 
@@ -221,13 +223,17 @@ def concurrency_note(records: list[dict], metrics: list[str]) -> str:
             f"machine (--workers); their {', '.join(timed)} are not comparable with runs made alone.")
 
 
-def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None) -> str:
+def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None,
+                records: list[dict] | None = None) -> str:
+    """The tables (and, in markdown and HTML, the claims) of ``results_dir``; ``records``
+    when the caller has already read them."""
     from harness.results import read_records, records_frame
 
-    records = read_records(results_dir)
+    records = read_records(results_dir) if records is None else records
     if not records:
         return f"no records under {results_dir / 'records'}"
-    frame = records_frame(records)
+    loaded = records_frame(records)
+    frame = loaded.copy()
     metrics, default_rank, precision = leaderboard_options(results_dir)
     if not metrics:
         fixed = {"key", "suite", "dataset", "method", "sampler", "seed", "status"}
@@ -243,7 +249,7 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
     if note and fmt in ("markdown", "html"):
         text += f"\n\n{note}" if fmt == "markdown" else f"\n<p>{html.escape(note)}</p>"
     if fmt in ("markdown", "html"):
-        claims, _ = claims_report(results_dir, fmt)
+        claims, _ = claims_report(results_dir, fmt, loaded)
         if claims:
             text += ("\n\n### Claims\n\n" if fmt == "markdown" else "\n\n<h3>Claims</h3>\n") + claims
     return text

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
-from harness.leaderboard import claims_report, header, higher_is_better, leaderboard, leaderboard_options
+from harness.leaderboard import header, higher_is_better, leaderboard, leaderboard_options
 from harness.results import read_records, records_frame
 
 
@@ -22,11 +23,10 @@ def _pyplot():
     return plt
 
 
-def plot_quality_vs_cost(records: list[dict], quality: str, cost: str, path: Path) -> Path | None:
+def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path) -> Path | None:
     """One panel per dataset: mean ``quality`` against mean ``cost`` per (method, sampler),
     methods as colours, samplers labelled; the lower-left front is the good region for
     lower-is-better metrics."""
-    frame = records_frame(records)
     if frame.empty or quality not in frame or cost not in frame:
         return None
     ok = frame[frame["status"] == "ok"].dropna(subset=[quality, cost])
@@ -61,10 +61,9 @@ def plot_quality_vs_cost(records: list[dict], quality: str, cost: str, path: Pat
     return path
 
 
-def plot_by_method(records: list[dict], metric: str, path: Path) -> Path | None:
+def plot_by_method(frame: Any, metric: str, path: Path) -> Path | None:
     """One panel per dataset: ``metric`` of every seed (dots) and its mean (bar) for each
     (method, sampler), best first: the seed spread at a glance."""
-    frame = records_frame(records)
     if frame.empty or metric not in frame:
         return None
     ok = frame[frame["status"] == "ok"].dropna(subset=[metric])
@@ -101,10 +100,9 @@ def plot_by_method(records: list[dict], metric: str, path: Path) -> Path | None:
     return path
 
 
-def _cost_varies(records: list[dict], cost: str) -> bool:
+def _cost_varies(frame: Any, cost: str) -> bool:
     """Whether some dataset was measured at more than one cost (else a quality-against-cost
     plot is a column of dots)."""
-    frame = records_frame(records)
     if frame.empty or cost not in frame:
         return False
     return bool((frame.dropna(subset=[cost]).groupby("dataset")[cost].nunique() > 1).any())
@@ -204,15 +202,13 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
     out = out or results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     records = read_records(results_dir)
+    frame = records_frame(records)
     metrics, rank_by, _ = leaderboard_options(results_dir)
-    parts = [f"# {results_dir.name}\n", leaderboard(results_dir, "markdown")]
-    claims, _ = claims_report(results_dir)
-    if claims and "### Claims" not in parts[-1]:
-        parts.append("### Claims\n\n" + claims)
-    if plot_by_method(records, rank_by, out / f"{rank_by}_by_method.png"):
+    parts = [f"# {results_dir.name}\n", leaderboard(results_dir, "markdown", records=records)]  # with the claims
+    if plot_by_method(frame, rank_by, out / f"{rank_by}_by_method.png"):
         parts.append(f"![{rank_by} by method and seed]({rank_by}_by_method.png)")
-    cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(records, c)), None)
-    if cost and rank_by != cost and plot_quality_vs_cost(records, rank_by, cost, out / "quality_vs_cost.png"):
+    cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(frame, c)), None)
+    if cost and rank_by != cost and plot_quality_vs_cost(frame, rank_by, cost, out / "quality_vs_cost.png"):
         parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
     if plot_samples(records, results_dir, out / "samples.png"):
         parts.append("![generated samples against the reference](samples.png)")
