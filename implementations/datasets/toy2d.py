@@ -34,7 +34,7 @@ import math
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 from torch import Tensor
 
 from harness.interfaces import Params, added
@@ -80,12 +80,28 @@ class Moons(Distribution2D):
     # each moon at evenly spaced angles (only the noise is random): a stratified sample of
     # the same distribution, with less batch-to-batch variance.
     angles: Literal["random", "grid"] = added("random", added_in="8d46d6c")
+    # With angles "grid": the grid's size. null: a grid of exactly n points per draw. A
+    # number N: each draw takes n distinct points of one N-point grid at random, as the
+    # TorchCFM runner does when it splits one make_moons(12 000) set 10 000 / 1 000 / 1 000.
+    grid_points: PositiveInt | None = added(None, added_in="issue 8", le=10_000_000)
+
+    @model_validator(mode="after")
+    def _grid_points_need_a_grid(self) -> Moons:
+        if self.grid_points is not None and self.angles != "grid":
+            raise ValueError("grid_points needs angles: grid")
+        return self
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         if self.angles == "grid":
-            n_upper = n // 2
-            upper = torch.arange(n) < n_upper
-            theta = torch.cat([torch.linspace(0, math.pi, n_upper), torch.linspace(0, math.pi, n - n_upper)])
+            size = n if self.grid_points is None else self.grid_points
+            if n > size:
+                raise ValueError(f"moons: {n} points asked of a {size}-point grid (grid_points); "
+                                 "a draw takes distinct grid points")
+            # sklearn: the outer moon at linspace(0, π, size // 2), the inner one at the rest
+            n_upper = size // 2
+            grid = torch.cat([torch.linspace(0, math.pi, n_upper), torch.linspace(0, math.pi, size - n_upper)])
+            index = torch.arange(n) if size == n else torch.randperm(size, generator=generator)[:n]
+            upper, theta = index < n_upper, grid[index]
         else:
             upper = torch.rand(n, generator=generator) < 0.5
             theta = math.pi * torch.rand(n, generator=generator)

@@ -7,6 +7,9 @@ are deterministic and not flaky.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -232,3 +235,60 @@ def test_moons_grid_angles_match_the_sklearn_layout():
     theta_lower = torch.linspace(0, math.pi, 5)
     torch.testing.assert_close(x[:4], torch.stack([theta_upper.cos(), theta_upper.sin()], 1))
     torch.testing.assert_close(x[4:], torch.stack([1 - theta_lower.cos(), 0.5 - theta_lower.sin()], 1))
+
+
+def test_moons_grid_points_draw_distinct_points_of_one_sklearn_grid():
+    """The TorchCFM runner splits one make_moons(12 000) set at random: every draw is a
+    subset of the same 12 000-point grid, without repeats, and matches sklearn's points."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    from implementations.datasets.toy2d import Moons
+
+    size = 12_000
+    grid, _ = sklearn_datasets.make_moons(n_samples=size, noise=0.0, shuffle=False)
+    moons = Moons(noise=0.0, angles="grid", grid_points=size, scale=1.0, shift=0.0)
+    x = moons.sample(1000, torch.Generator().manual_seed(3)).double().numpy()
+    d = ((x[:, None, :] - grid[None, :, :]) ** 2).sum(-1)  # (1000, 12 000)
+    nearest = d.argmin(1)
+    assert d.min(1).max() < 1e-10  # every point is a grid point (float32 rounding)
+    assert len(set(nearest.tolist())) == 1000  # no point drawn twice
+    assert 400 < (nearest < size // 2).sum() < 600  # both moons, at random
+    y = moons.sample(1000, torch.Generator().manual_seed(4)).double().numpy()
+    assert not np.allclose(x, y)  # another draw, another subset
+    with pytest.raises(ValueError, match="12000-point grid"):
+        moons.sample(size + 1, torch.Generator().manual_seed(0))
+
+
+def test_moons_grid_points_need_a_grid_and_leave_old_specs_unchanged():
+    from implementations.datasets.toy2d import Moons
+
+    with pytest.raises(ValidationError, match="grid_points needs angles: grid"):
+        Moons(grid_points=100)
+    assert "grid_points" not in Moons(angles="grid").model_dump()
+    # grid_points equal to the draw's size is the plain grid, bit for bit
+    a = Moons(angles="grid").sample(9, torch.Generator().manual_seed(0))
+    b = Moons(angles="grid", grid_points=9).sample(9, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+def test_rf_gmm_is_the_rectified_flow_colab_geometry():
+    """The Colab's π0: means (±D√3/2, D/2) and (0, −D√3/2), D = 10, variance 0.3; π1 is π0
+    mirrored in y. (An earlier spec put the third mean at (0, ∓10).)"""
+    from harness.resolve import Resolver
+
+    spec = Resolver(Path(__file__).resolve().parents[2] / "specs").validate_file(
+        Path(__file__).resolve().parents[2] / "specs" / "datasets" / "rf-gmm.yaml")
+    d = 10.0
+    colab_source = [(d * math.sqrt(3) / 2, d / 2), (-d * math.sqrt(3) / 2, d / 2), (0.0, -d * math.sqrt(3) / 2)]
+    colab_target = [(x, -y) for x, y in colab_source]
+    source, target = spec.params["source"], spec.params["target"]
+    np.testing.assert_allclose(source["means"], colab_source, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(target["means"], colab_target, rtol=0, atol=1e-12)
+    assert source["std"] ** 2 == pytest.approx(0.3) and target["std"] ** 2 == pytest.approx(0.3)
+    # and the sampler puts a third of the points around each mean
+    from implementations.datasets.toy2d import Toy2D
+
+    data = Toy2D(Toy2D.Params.model_validate(spec.params))
+    x = data.sample_target(30_000, torch.Generator().manual_seed(0)).double().numpy()
+    nearest = ((x[:, None, :] - np.array(colab_target)[None]) ** 2).sum(-1).argmin(1)
+    for k in range(3):
+        np.testing.assert_allclose(x[nearest == k].mean(0), colab_target[k], atol=0.03)
