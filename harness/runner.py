@@ -30,7 +30,7 @@ from harness import registry as reg
 from harness.environment import environment
 from harness.interfaces import Batch
 from harness.measure import NFECounter, PeakMemory, time_calls
-from harness.metrics import EvalContext
+from harness.metrics import EvalContext, Trajectory
 from harness.plan import EvalJob, RunPlan, TrainJob, canonical, spec_hash
 from harness.results import RECORD_SCHEMA, final_keys, record_path, remove_leftovers, write_atomic, write_json_atomic
 from harness.seeding import generator, seed_everything, stream_seed
@@ -199,15 +199,26 @@ class Pairs:
 class Validation:
     """Early stopping on a fixed validation set: pairs drawn once from their own stream,
     prepared once, and scored with the same loss randomness (t, ε) at every check, so
-    that successive checks compare the weights and nothing else."""
+    that successive checks compare the weights and nothing else.
 
-    def __init__(self, job: TrainJob, built: Built):
+    The pairs are made of what the training batches are made of, held out: independent
+    source and target draws, or, for a student of a teacher, ``pairs`` the teacher
+    generated from source noise of their own stream. (A reflow student scored on
+    independent pairs would be scored on the 1-rectified-flow objective, which it fits
+    worse the straighter it gets, and early stopping would keep its first weights.)"""
+
+    def __init__(self, job: TrainJob, built: Built, pairs: Pairs | None = None):
         self.spec = job.budget.early_stopping
         self.job, self.built = job, built
-        gen = generator(job.seed, "validation")
         n, bs = self.spec.val_size, job.method.batch_size
-        x_0 = built.dataset.sample_source(n, gen)
-        x_1 = built.dataset.sample_target(n, gen)
+        if pairs is not None:
+            if len(pairs.z_0) != n:
+                raise ValueError(f"validation needs {n} teacher pairs, got {len(pairs.z_0)}")
+            x_0, x_1 = pairs.z_0, pairs.z_1
+        else:
+            gen = generator(job.seed, "validation")
+            x_0 = built.dataset.sample_source(n, gen)
+            x_1 = built.dataset.sample_target(n, gen)
         prepare = getattr(built.method, "prepare", None)
         self.batches = []
         for i in range(0, n, bs):
@@ -251,8 +262,12 @@ class Validation:
                 "val_curve": [[s, v] for s, v in self.curve]}
 
 
-def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = None) -> TrainResult:
-    """Train under the budget: stop at whichever of steps/seconds/samples/epochs comes first."""
+def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = None,
+          val_pairs: Pairs | None = None) -> TrainResult:
+    """Train under the budget: stop at whichever of steps/seconds/samples/epochs comes first.
+
+    ``pairs``: a teacher's training pairs; ``val_pairs``: its held-out pairs, which early
+    stopping then scores on (required when a run with a teacher stops early)."""
     budget, hw = job.budget, job.hardware
     network = built.network
     model = torch.compile(network) if hw.compile else network
@@ -283,7 +298,9 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     # Per-step bars only on a terminal: in a log file they would be thousands of lines.
     bar = tqdm(total=budget.steps, desc=f"train {job.method.name}/{job.dataset.name}/s{job.seed}",
                leave=False, disable=not (progress and sys.stderr.isatty()), unit="step")
-    validation = Validation(job, built) if budget.early_stopping is not None else None
+    if budget.early_stopping is not None and pairs is not None and val_pairs is None:
+        raise ValueError("early stopping of a run with a teacher needs held-out teacher pairs (val_pairs)")
+    validation = Validation(job, built, val_pairs) if budget.early_stopping is not None else None
     network.train()
     start = time.perf_counter()
     while (stopped_by := reached(step, time.perf_counter() - start)) is None:
@@ -334,6 +351,8 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     }
     if pairs is not None:
         stats["teacher_pairs"] = pairs.stats
+    if val_pairs is not None:
+        stats["validation_pairs"] = val_pairs.stats
     if validation is not None and status == "ok":
         stats["early_stopping"] = validation.finish()
     return TrainResult(status, stats, model if status == "ok" else None)
@@ -355,6 +374,7 @@ def _thin(curve: list[tuple[int, float]]) -> list[list[float]]:
 
 
 SAVED_POINTS = 1000  # generated 2-D points kept per record, for plots
+FLOW_GRID_SOLVER = "euler"  # flow metrics (path energy, straightness) integrate on its uniform grid
 
 
 def evaluate(job: EvalJob, built: Built, model: nn.Module,
@@ -384,14 +404,23 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
     samples = solution.x.detach().double().cpu().reshape(n, -1).numpy()
     finite = bool(np.isfinite(samples).all())
     specs = [(spec, reg.METRICS.get(spec.name)) for spec in job.metrics]
-    times, trajectory = [], []
-    if finite and any("trajectory" in metric.needs for _, metric in specs):
-        # A separate recorded call, so that storing states neither costs memory nor time above.
-        with torch.no_grad(), autocast(hw, built.device):
-            recorded = built.method.sample(model, x_0, solver, generator(seed, "eval-method", built.device),
-                                           record=True)
-        times = recorded.times
-        trajectory = [x.detach().double().cpu().reshape(n, -1).numpy() for x in recorded.trajectory]
+    flows: dict[int, Trajectory | None] = {}
+
+    def flow(steps: int) -> Trajectory | None:
+        """The method's ODE from x_0 on a uniform Euler grid, recorded in a separate call
+        (so that storing states costs neither memory nor time above); None for a one-step
+        map, which has no flow to measure."""
+        if getattr(built.method, "one_step", False):
+            return None
+        if steps not in flows:
+            euler = reg.SOLVERS.get(FLOW_GRID_SOLVER)
+            with torch.no_grad(), autocast(hw, built.device):
+                recorded = built.method.sample(model, x_0, euler(euler.Params(steps=steps)),
+                                               generator(seed, "eval-method", built.device), record=True)
+            flows[steps] = Trajectory(recorded.times,
+                                      [x.detach().double().cpu().reshape(n, -1).numpy() for x in recorded.trajectory])
+        return flows[steps]
+
     reference_2 = None
     if any("reference_2" in metric.needs for _, metric in specs):
         reference_2 = built.dataset.sample_target(n, generator(seed, "eval-reference-2")).double().reshape(n, -1).numpy()
@@ -400,8 +429,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
         samples=samples if finite else None,
         reference=reference.double().reshape(n, -1).numpy(),
         source=x_0.detach().double().cpu().reshape(n, -1).numpy(),
-        times=times,
-        trajectory=trajectory,
+        flow=flow,
         nfe=counter.nfe(n),
         steps=solution.steps,
         latency_s=timing.median,
@@ -412,7 +440,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
     )
     metrics: dict[str, float | None] = {}
     for spec, metric in specs:
-        if ("samples" in metric.needs or "trajectory" in metric.needs) and not finite:
+        if ("samples" in metric.needs or "flow" in metric.needs) and not finite:
             metrics[spec.name] = None
             continue
         value = metric.fn(ctx, metric.Params.model_validate(spec.params))
@@ -430,6 +458,9 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
         "memory": memory.result,
         "samples_finite": finite,
     }
+    if any("flow" in metric.needs for _, metric in specs):  # the grid, whatever the sampler
+        measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)
+                                     else {"solver": FLOW_GRID_SOLVER, "steps": sorted(flows)})
     points = None
     if samples.shape[1] == 2:
         # A fixed random subset: a stratified reference (moons on a grid of angles) is
@@ -541,23 +572,32 @@ class Runner:
             stats = {**json.loads(stats_path.read_text())["train"], "reused": True}
             model = torch.compile(built.network) if job.hardware.compile else built.network
             return TrainResult("ok", stats, model)
-        pairs = None
+        pairs = val_pairs = None
         if job.teacher is not None:
             pairs = self._teacher_pairs(job, built.device)
+            if job.budget.early_stopping is not None:
+                val_pairs = self._teacher_pairs(job, built.device, "validation", job.budget.early_stopping.val_size)
             if job.method.teacher.init == "teacher":
                 self._load_weights(job.teacher, built.network, built.device)
-        result = train(job, built, self.progress, pairs)
+        result = train(job, built, self.progress, pairs, val_pairs)
         if result.status == "ok":
             state = built.network.state_dict()
             write_atomic(path, lambda f: torch.save(state, f))
             write_json_atomic(stats_path, {"key": job.key, "spec": job.spec, "train": result.stats})
         return result
 
-    def _teacher_pairs(self, job: TrainJob, device: torch.device) -> Pairs:
-        """The teacher's (z_0, z_1) pairs: loaded when cached, else generated and cached."""
+    def _teacher_pairs(self, job: TrainJob, device: torch.device, purpose: str = "training",
+                       num_pairs: int | None = None) -> Pairs:
+        """The teacher's (z_0, z_1) pairs: loaded when cached, else generated and cached.
+
+        ``purpose`` "training": the spec's ``num_pairs`` pairs the student trains on;
+        "validation": ``num_pairs`` held-out pairs from source noise of another stream."""
         spec = job.method.teacher
         teacher = job.teacher
-        key = spec_hash({"teacher": teacher.key, "sampler": canonical(spec.sampler), "num_pairs": spec.num_pairs})
+        num_pairs = spec.num_pairs if num_pairs is None else num_pairs
+        stream = "teacher-pairs" if purpose == "training" else f"{purpose}-teacher-pairs"
+        parts = {"teacher": teacher.key, "sampler": canonical(spec.sampler), "num_pairs": num_pairs}
+        key = spec_hash(parts if purpose == "training" else {**parts, "purpose": purpose})
         path = self.results_dir / "pairs" / f"{teacher.key}__{key}.pt"
         if path.is_file():
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -566,18 +606,18 @@ class Runner:
         self._load_weights(teacher, built.network, device)
         solver_cls = reg.SOLVERS.get(spec.sampler.solver)
         solver = solver_cls(solver_cls.Params.model_validate(spec.sampler.params))
-        z_0 = built.dataset.sample_source(spec.num_pairs, generator(job.seed, "teacher-pairs"))
+        z_0 = built.dataset.sample_source(num_pairs, generator(job.seed, stream))
         counter = NFECounter(built.network)
         built.network.eval()
         start = time.perf_counter()
         with torch.no_grad(), autocast(teacher.hardware, device):
             solution = built.method.sample(counter, z_0.to(device, built.dtype), solver,
-                                           generator(job.seed, "teacher-pairs-method", device))
+                                           generator(job.seed, f"{stream}-method", device))
         z_1 = solution.x.detach().to("cpu", torch.float32)
         if not torch.isfinite(z_1).all():
             raise RuntimeError(f"teacher {teacher.label} generated non-finite pairs")
         stats = {"teacher_key": teacher.key, "teacher": teacher.method.name, "sampler": spec.sampler.name,
-                 "num_pairs": spec.num_pairs, "nfe": counter.nfe(spec.num_pairs),
+                 "num_pairs": num_pairs, "nfe": counter.nfe(num_pairs),
                  "seconds": time.perf_counter() - start, "reused": False}
         write_atomic(path, lambda f: torch.save({"z_0": z_0, "z_1": z_1, "stats": json.dumps(stats)}, f))
         return Pairs(z_0, z_1, stats)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from harness.errors import SpecError
 from harness.leaderboard import claims_report
@@ -34,7 +35,7 @@ def test_quick_torchcfm_suite_with_claims(tmp_path):
         assert r["train"]["stopped_by"] == "epochs" and r["train"]["steps"] == 40  # 2 x 10 000 / 512, rounded up
     pairs = records["2-rectified-flow"]["train"]["teacher_pairs"]
     assert pairs["num_pairs"] == 10000 and pairs["nfe"] == 100 and pairs["sampler"] == "euler-100"
-    assert len(list((out / "pairs").glob("*.pt"))) == 1
+    assert len(list((out / "pairs").glob("*.pt"))) == 2  # training pairs and held-out validation pairs
     text, results = claims_report(out)
     assert len(results) == 21  # 9 from Tong et al. (Table 2), 12 from the Explicit Flow Matching rerun
     assert {r.verdict for r in results} <= {"reproduced", "not reproduced", "not run"}
@@ -61,7 +62,11 @@ def test_reflow_and_distillation_chain(tmp_path):
     assert _run(suite, out).counts == {"ok": 9}
     records = read_records(out)
     distilled = [r for r in records if r["method"] == "2-rectified-flow-distilled"]
-    assert all(r["metrics"]["nfe"] == 1 and r["metrics"]["straightness"] == 0 for r in distilled)
+    # a one-step map has no flow: straightness is not applicable, not 0 by construction
+    assert all(r["metrics"]["nfe"] == 1 and r["metrics"]["straightness"] is None for r in distilled)
+    flows = [r for r in records if r["method"] != "2-rectified-flow-distilled"]
+    for method in ("1-rectified-flow", "2-rectified-flow"):  # one value per flow, whatever the sampler
+        assert len({r["metrics"]["straightness"] for r in flows if r["method"] == method}) == 1
     assert distilled[0]["train"]["teacher_pairs"]["teacher"] == "2-rectified-flow"
     reflow = next(r for r in records if r["method"] == "2-rectified-flow")
     assert reflow["train"]["teacher_pairs"]["num_pairs"] == 300
@@ -136,3 +141,56 @@ def test_suite_json_records_the_resolved_claims(tmp_path):
     _run(suite, out)
     stored = json.loads((out / "suite.json").read_text())["suite"]
     assert len(stored["claims"]) == 21 and stored["methods"][0]["name"] == "icfm"
+
+
+def test_a_reflow_student_is_validated_on_held_out_teacher_pairs(tmp_path):
+    """Early stopping of 2-RF scores the reflow objective: its validation set is teacher
+    pairs from their own noise stream, so the loss falls as the student learns them and the
+    restored weights are not the first check's. (Scored on independent pairs, the 1-RF
+    objective, a straightening student looks worse and the first check was kept.)"""
+    overrides = ["methods=[2-rectified-flow]", "budget.train.epochs=3",
+                 "budget.train.early_stopping={every_steps: 10, patience: 100, restore_best: true, val_size: 512}"]
+    suite = load_suite("torchcfm-2d-quick", overrides, root=SPECS)
+    out = tmp_path / "reflow"
+    assert _run(suite, out).counts == {"ok": 1}
+    (record,) = read_records(out)
+    train = record["train"]
+    held_out = train["validation_pairs"]
+    assert held_out["num_pairs"] == 512 and held_out["teacher"] == "rectified-flow" and held_out["nfe"] == 100
+    assert train["teacher_pairs"]["num_pairs"] == 10000
+    es = train["early_stopping"]
+    steps = [s for s, _ in es["val_curve"]]
+    values = [v for _, v in es["val_curve"]]
+    assert steps[0] == 10 and len(values) == 11  # 3 epochs of 10 000 pairs in batches of 256
+    assert es["best_step"] > steps[0] and values[-1] < 0.5 * values[0]
+    # The held-out pairs are the teacher's ODE endpoints from noise that training never saw.
+    pairs = {p.name: torch.load(p, weights_only=True) for p in (out / "pairs").glob("*.pt")}
+    (val,) = [p for p in pairs.values() if len(p["z_0"]) == 512]
+    (trn,) = [p for p in pairs.values() if len(p["z_0"]) == 10000]
+    assert not (val["z_0"][:, None, :] == trn["z_0"][None, :, :]).all(-1).any()
+
+
+def test_run_only_selected_runs_trains_their_teachers_and_keeps_the_others(tmp_path, capsys):
+    """``--only`` reruns a subset of a suite under the suite's own keys: the records equal
+    those of a full run, the teachers of selected students train without records of
+    their own, and unselected records are neither redone nor called stale."""
+    from harness.cli import main
+
+    out = tmp_path / "rf"
+    overrides = ["budget.train.steps=20", "budget.eval.num_samples=100", "budget.eval.repeats=1", "seeds=[0, 1]",
+                 "methods.2-rectified-flow.teacher.num_pairs=200", "methods.2-rectified-flow-distilled.teacher.num_pairs=200",
+                 "samplers=[euler-1]"]
+    args = ["--specs", str(SPECS), "run", "rectified-flow-toy", "--results", str(out), "--no-progress"]
+    sets = [x for o in overrides for x in ("--set", o)]
+    assert main([*args, *sets, "--only", "*/2-rectified-flow/seed1"]) == 0
+    records = read_records(out)
+    assert [(r["method"], r["seed"]) for r in records] == [("2-rectified-flow", 1)]
+    assert len(list((out / "models").glob("*.pt"))) == 2  # the teacher trained, without a record
+    assert main([*args, *sets]) == 0
+    err = capsys.readouterr().err
+    assert "not produced by this suite" not in err
+    full = {(r["method"], r["seed"]): r for r in read_records(out)}
+    assert len(full) == 6
+    assert full[("2-rectified-flow", 1)]["key"] == records[0]["key"]
+    assert main([*args, *sets, "--only", "nothing/*"]) == 2
+    assert "--only nothing/*: no run of the suite matches" in capsys.readouterr().err
