@@ -51,15 +51,20 @@ def higher_is_better(name: str) -> bool:
     return METRICS.get(name).higher_is_better if name in METRICS else False
 
 
+def badness(name: str, value: float) -> float:
+    """What ranking minimises for ``name``; metrics unknown to this version: the value."""
+    return METRICS.get(name).badness(value) if name in METRICS else value
+
+
 def header(name: str) -> str:
     return METRICS.get(name).label if name in METRICS else name
 
 
-def _rank_key(row: Row, rank_by: str, higher: bool) -> tuple:
+def _rank_key(row: Row, rank_by: str) -> tuple:
     """Rows with a value first, best first; rows without one (diverged, failed) last."""
     v = row.cells[rank_by].mean if rank_by in row.cells else None
     missing = v is None or not math.isfinite(v)
-    return (missing, 0.0 if missing else (-v if higher else v), row.method, row.sampler)
+    return (missing, 0.0 if missing else badness(rank_by, v), row.method, row.sampler)
 
 
 def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
@@ -80,16 +85,16 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 std = float(values.std(ddof=1)) if n > 1 else None
                 cells[m] = Cell(mean, std, n)
             rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells))
-        rows.sort(key=lambda row: _rank_key(row, rank_by, higher_is_better(rank_by)))
+        rows.sort(key=lambda row: _rank_key(row, rank_by))
         for m in metrics:
             vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
             if not vals:
                 continue
-            best = max(vals) if higher_is_better(m) else min(vals)
+            best = min(vals, key=lambda v: badness(m, v))
             if len(set(vals)) == 1 and len(vals) > 1:
                 continue  # a column where every row ties marks nothing
             for r in rows:
-                r.cells[m].best = r.cells[m].mean == best
+                r.cells[m].best = r.cells[m].mean is not None and badness(m, r.cells[m].mean) == badness(m, best)
         tables.append(Table(str(dataset), metrics, rank_by, rows))
     return tables
 

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.leaderboard import header, higher_is_better, leaderboard, leaderboard_options
+from harness.leaderboard import badness, header, leaderboard, leaderboard_options
 from harness.results import read_records, records_frame
 
 
@@ -70,7 +70,6 @@ def plot_by_method(frame: Any, metric: str, path: Path) -> Path | None:
     if ok.empty:
         return None
     plt = _pyplot()
-    higher = higher_is_better(metric)
     datasets = sorted(ok["dataset"].unique())
     cols = min(3, len(datasets))
     rows = math.ceil(len(datasets) / cols)
@@ -79,7 +78,7 @@ def plot_by_method(frame: Any, metric: str, path: Path) -> Path | None:
     for ax, dataset in zip(axes.flat, datasets):
         sub = ok[ok["dataset"] == dataset]
         groups = [((m, s), g[metric].to_numpy(dtype=float)) for (m, s), g in sub.groupby(["method", "sampler"])]
-        groups.sort(key=lambda item: item[1].mean(), reverse=not higher)  # best at the top
+        groups.sort(key=lambda item: badness(metric, item[1].mean()), reverse=True)  # best at the top
         several_samplers = sub["sampler"].nunique() > 1
         labels = [f"{m} @ {s}" if several_samplers else m for (m, s), _ in groups]
         for i, (_, values) in enumerate(groups):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.metrics import (
     EvalContext,
+    Trajectory,
     normalized_path_energy,
     path_energy,
     straightness,
@@ -150,11 +153,100 @@ def test_registered_npe_metric_uses_source_and_reference():
     x_0 = r.normal(size=(64, 2))
     shift = np.array([1.0, -2.0])
     grid = [0.0, 0.25, 1.0]
-    ctx = EvalContext(source=x_0, reference=(x_0 + shift)[r.permutation(64)], times=grid,
-                      trajectory=straight(x_0, np.broadcast_to(shift, x_0.shape), grid))
+    flow = Trajectory(grid, straight(x_0, np.broadcast_to(shift, x_0.shape), grid))
+    ctx = EvalContext(source=x_0, reference=(x_0 + shift)[r.permutation(64)], flow=lambda steps: flow)
     npe = METRICS.get("npe")
     assert npe.fn(ctx, npe.Params()) == pytest.approx(0.0, abs=1e-9)
     pe = METRICS.get("path_energy")
     assert pe.fn(ctx, pe.Params()) == pytest.approx(5.0, rel=1e-12)
     s = METRICS.get("straightness")
     assert s.fn(ctx, s.Params()) == pytest.approx(0.0, abs=1e-20)
+    rpe = METRICS.get("rpe")
+    assert rpe.fn(ctx, rpe.Params()) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("speed, expected", [(0.5, -0.75), (2.0, 3.0)])
+def test_rpe_keeps_the_sign_that_npe_folds(speed, expected):
+    """A flow that moves each point only half way spends PE = W2²/4 (under-transport:
+    rpe = −0.75); one that overshoots to twice the distance spends 4 W2² (rpe = +3). NPE
+    scores both by the absolute value."""
+    r = rng(12)
+    x_0 = r.normal(size=(64, 2))
+    shift = np.array([1.0, -2.0])
+    grid = list(np.linspace(0, 1, 11))
+    flow = Trajectory(grid, straight(x_0, speed * np.broadcast_to(shift, x_0.shape), grid))
+    ctx = EvalContext(source=x_0, reference=x_0 + shift, flow=lambda steps: flow)
+    rpe, npe = METRICS.get("rpe"), METRICS.get("npe")
+    assert rpe.fn(ctx, rpe.Params()) == pytest.approx(expected, rel=1e-9)
+    assert npe.fn(ctx, npe.Params()) == pytest.approx(abs(expected), rel=1e-9)
+    assert rpe.label == "rpe →0" and rpe.badness(-0.75) == rpe.badness(0.75) == 0.75
+
+
+def test_flow_metrics_are_not_applicable_without_a_flow():
+    ctx = EvalContext(source=np.zeros((4, 2)), reference=np.ones((4, 2)), flow=lambda steps: None)
+    for name in ("straightness", "path_energy", "npe", "rpe"):
+        m = METRICS.get(name)
+        assert m.fn(ctx, m.Params()) is None
+
+
+class _Field(nn.Module):
+    """An analytic velocity field: constant (straight paths) or a rotation (curved)."""
+
+    def __init__(self, rotate: bool):
+        super().__init__()
+        self.rotate = rotate
+
+    def forward(self, x, t):
+        if self.rotate:
+            return torch.stack([-x[:, 1], x[:, 0]], dim=1)
+        return torch.tensor([1.0, -2.0], dtype=x.dtype).expand_as(x)
+
+
+def _evaluate_all(model, samplers, method="rectified-flow", extra=()):
+    from harness.plan import make_plan
+    from harness.resolve import load_suite
+    from harness.runner import build, configure, evaluate
+    from tests.conftest import SPECS, TINY
+
+    overrides = [*TINY, "datasets=[moons]", f"methods=[{method}]", f"samplers=[{', '.join(samplers)}]",
+                 "metrics=[w2, straightness, path_energy, rpe, nfe]", *extra]
+    plan = make_plan(load_suite("quickstart", overrides, root=SPECS))
+    job = plan.trainings[-1]
+    built = build(job, configure(job.hardware))
+    out = {}
+    for e in plan.evals[job.key]:
+        status, metrics, measurements, _ = evaluate(e, built, model, {})
+        out[e.sampler.name] = (status, metrics, measurements)
+    return out
+
+
+def test_straightness_of_a_flow_is_the_same_on_every_sampler():
+    """Straightness and path energy belong to the flow: computed on the fixed Euler-100 grid,
+    never from the sampler's own steps (which would give any one-step sampler exactly 0)."""
+    samplers = ["euler-1", "euler-2", "heun-8", "dopri5"]
+    straight_field = _evaluate_all(_Field(rotate=False), samplers)
+    for status, metrics, measurements in straight_field.values():
+        assert status == "ok" and metrics["straightness"] == pytest.approx(0.0, abs=1e-10)
+        assert metrics["path_energy"] == pytest.approx(5.0, rel=1e-6)  # ‖(1, −2)‖²
+        assert measurements["flow_grid"] == {"solver": "euler", "steps": [100]}
+    curved = _evaluate_all(_Field(rotate=True), samplers)
+    values = {name: m["straightness"] for name, (_, m, _) in curved.items()}
+    assert len(set(values.values())) == 1 and values["euler-1"] > 0.1
+    assert {m["nfe"] for _, m, _ in curved.values()} != {1}  # the samplers themselves differ
+    # the value is the Euler-100 straightness of the rotation from the evaluation's x_0
+    from harness.seeding import generator
+    from implementations.datasets.toy2d import Normal
+
+    x = Normal().sample(256, generator(0, "eval-source")).double().numpy()
+    h, states = 0.01, [x]
+    for _ in range(100):
+        states.append(states[-1] + h * np.stack([-states[-1][:, 1], states[-1][:, 0]], 1))
+    assert values["euler-1"] == pytest.approx(straightness(list(np.linspace(0, 1, 101)), states), rel=1e-5)
+
+
+def test_a_one_step_map_has_no_straightness():
+    out = _evaluate_all(_Field(rotate=True), ["euler-1", "euler-100"], method="rectified-flow-distilled",
+                        extra=["methods.rectified-flow-distilled.teacher.num_pairs=64"])
+    for status, metrics, measurements in out.values():
+        assert status == "ok" and metrics["straightness"] is None and metrics["path_energy"] is None
+        assert metrics["nfe"] == 1 and measurements["flow_grid"] == "not applicable: a one-step map"
