@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the run plan and exit")
     run.add_argument("--prune", action="store_true",
                      help="delete records of RESULTS_DIR that the suite no longer produces (older specs)")
+    run.add_argument("--only", action="append", default=[], metavar="GLOB",
+                     help="run only the trainings whose label DATASET/METHOD/seedN matches GLOB (shell-style, "
+                          "repeatable), e.g. '*/2-rectified-flow/*'; their teachers train as needed")
     run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                      help="run up to N trainings at once in local worker processes (default 1: inline); "
                           "timings then share the machine, which records note")
@@ -89,12 +92,15 @@ def _load_registries() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     _load_registries()
     from harness.leaderboard import leaderboard
-    from harness.plan import make_plan
+    from harness.plan import make_plan, select
     from harness.resolve import load_suite
     from harness.runner import Runner
 
     suite = load_suite(args.suite, args.overrides, root=args.specs)
     plan = make_plan(suite)
+    all_keys = {e.key for evals in plan.evals.values() for e in evals}
+    if args.only:
+        plan = select(plan, args.only)
     results = args.results or Path("results") / "runs" / suite.name
     print(f"suite {suite.name}: {len(plan.trainings)} trainings, {plan.num_evals} evaluations "
           f"on {suite.hardware.name} ({suite.hardware.device}) -> {results}", file=sys.stderr)
@@ -103,10 +109,15 @@ def cmd_run(args: argparse.Namespace) -> int:
             for e in plan.evals[job.key]:
                 print(f"{e.label}  train={job.key}  record={e.key}")
         return 0
+    from harness.environment import dirty_tree_warning
+
+    dirty = dirty_tree_warning(results)
+    if dirty:
+        print(dirty, file=sys.stderr)
     summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers)
     from harness.results import stale_records
 
-    stale = stale_records(results, {e.key for evals in plan.evals.values() for e in evals})
+    stale = stale_records(results, all_keys)
     if stale and args.prune:
         for path in stale:
             path.unlink()
@@ -117,6 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(leaderboard(results, args.format))
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     print(f"\n{counts}; records in {results / 'records'}", file=sys.stderr)
+    if dirty:
+        print(dirty, file=sys.stderr)
     return EXIT_FAILED_RUNS if summary.counts.get("failed") else 0
 
 

@@ -135,6 +135,21 @@ class RunPlan:
         return sum(len(v) for v in self.evals.values())
 
 
+def select(plan: RunPlan, patterns: list[str]) -> RunPlan:
+    """The plan with evaluations only for trainings whose label (``dataset/method/seedN``)
+    matches one of the shell-style ``patterns``; the others stay in the plan without
+    evaluations, so that a selected student's teacher still trains when it must."""
+    from fnmatch import fnmatchcase
+
+    from harness.errors import SpecError
+
+    chosen = {job.key for job in plan.trainings if any(fnmatchcase(job.label, p) for p in patterns)}
+    if not any(plan.evals[key] for key in chosen):
+        labels = ", ".join(job.label for job in plan.trainings[:3])
+        raise SpecError(f"--only {' '.join(patterns)}: no run of the suite matches (labels look like {labels}, ...)")
+    return RunPlan(plan.suite, list(plan.trainings), {k: (v if k in chosen else []) for k, v in plan.evals.items()})
+
+
 def make_plan(suite: SuiteSpec) -> RunPlan:
     """Trainings in dependency order (a teacher before its students), each once by key."""
     plan = RunPlan(suite)
