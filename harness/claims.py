@@ -8,8 +8,14 @@ or a **relation** between measured quantities, written as a small expression:
 
 Terms are ``metric(method)`` or ``metric(method@sampler)`` and numbers, combined with
 ``*`` and ``/`` and one comparison (``<``, ``<=``, ``>``, ``>=``). The grammar is parsed
-here, never evaluated as code. Verdicts: ``reproduced``, ``not reproduced`` or ``not run``
-(the records lack what the claim needs).
+here, never evaluated as code.
+
+Verdicts are statements about an interval over seeds (:mod:`harness.statistics`):
+``reproduced`` (the interval lies inside what the claim allows), ``not reproduced`` (wholly
+outside), ``inconclusive`` (it straddles the boundary, or too few seeds finished),
+``not comparable`` (the claim itself says that this suite's dataset or protocol differs
+from the source's: the measurement is shown, no verdict of reproduction is given) and
+``not run`` (the records lack what the claim needs).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from harness import statistics as stats
 
 
 class StrictModel(BaseModel):
@@ -36,11 +44,10 @@ class ClaimSource(StrictModel):
 
 
 class Tolerance(StrictModel):
-    """How far the measured mean may be from the claimed value; the claim holds within any
-    one that is given. ``sigmas: k`` allows k·√(s_claimed² + s_measured²), the two seed
-    standard deviations combined, for claims published as mean ± std over seeds (it needs
-    the claim's ``std``); it treats both as spreads of single seeds, which is conservative
-    when they are means over several."""
+    """The margin δ within which the true mean may differ from the claimed value and the
+    claim still holds: ``abs``, ``rel``·|value|, or ``sigmas``·std (k published seed
+    standard deviations; needs the claim's ``std``); the largest one given. The verdict
+    compares the interval of the difference of means with [−δ, δ]."""
 
     abs: NonNegativeFloat | None = None
     rel: NonNegativeFloat | None = None
@@ -49,24 +56,18 @@ class Tolerance(StrictModel):
     @model_validator(mode="after")
     def _one(self) -> Tolerance:
         if self.abs is None and self.rel is None and self.sigmas is None:
-            raise ValueError("give abs, rel or sigmas (or several: the claim holds within any)")
+            raise ValueError("give abs, rel or sigmas (or several: the claim holds within the largest)")
         return self
 
-    def allows(self, measured: float, claimed: float, claimed_std: float | None = None,
-               measured_std: float | None = None) -> bool:
-        gap = abs(measured - claimed)
-        if self.abs is not None and gap <= self.abs:
-            return True
-        if self.rel is not None and gap <= self.rel * abs(claimed):
-            return True
-        if self.sigmas is not None and claimed_std is not None:
-            return gap <= self.sigmas * math.hypot(claimed_std, measured_std or 0.0)
-        return False
+    def margin(self, claimed: float, claimed_std: float | None = None) -> float:
+        candidates = [self.abs, None if self.rel is None else self.rel * abs(claimed),
+                      None if self.sigmas is None or claimed_std is None else self.sigmas * claimed_std]
+        return max(c for c in candidates if c is not None)
 
     def describe(self) -> str:
         parts = [f"±{self.abs:g}" if self.abs is not None else "",
                  f"±{100 * self.rel:g}%" if self.rel is not None else "",
-                 f"within {self.sigmas:g}σ" if self.sigmas is not None else ""]
+                 f"±{self.sigmas:g}σ" if self.sigmas is not None else ""]
         return " or ".join(p for p in parts if p)
 
 
@@ -83,6 +84,9 @@ class Claim(StrictModel):
     seeds: PositiveInt | None = Field(None, description="how many seeds the published value averages")
     tolerance: Tolerance | None = None
     relation: str | None = None
+    min_seeds: PositiveInt = Field(3, description="finished (ok) seeds each measured term needs for a verdict")
+    differs: str | None = Field(None, description="how this suite's dataset or protocol differs from the "
+                                                  "source's; such a claim is reported as not comparable")
 
     @model_validator(mode="after")
     def _kind(self) -> Claim:
@@ -181,71 +185,122 @@ def _side_value(side: list[tuple[str, Term | float]], lookup) -> float | None:
 
 # --- verdicts ----------------------------------------------------------------------------
 
-Verdict = Literal["reproduced", "not reproduced", "not run"]
+Verdict = Literal["reproduced", "not reproduced", "inconclusive", "not comparable", "not run"]
+VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "inconclusive", "not comparable", "not run")
 
 
 @dataclass
 class ClaimResult:
     claim: Claim
     verdict: Verdict
-    measured: str  # human-readable measurement: "0.021 ± 0.004 (n=3)" or "lhs 2.6 vs rhs 0.2"
+    measured: str  # human-readable measurement with its interval
     reason: str = ""
+    test: str = ""  # the statistical test behind the verdict
+    interval: stats.Interval | None = None
 
 
-def _stats(values: list[float]) -> tuple[float, float | None]:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+@dataclass
+class TermValues:
+    """The finished seeds' values of one measured quantity, and the seeds that did not finish."""
+
+    label: str
+    values: dict[int, float]
+    unfinished: dict[int, str]  # seed -> status (failed, diverged)
+
+    def shortfall(self, min_seeds: int) -> str:
+        """Why these seeds cannot carry a verdict, or ''."""
+        if len(self.values) >= min_seeds:
+            return ""
+        others = ", ".join(f"seed {s} {status}" for s, status in sorted(self.unfinished.items()))
+        return (f"{self.label}: {len(self.values)} finished seed(s)" + (f" ({others})" if others else "")
+                + f"; the claim needs {min_seeds}")
 
 
-def _fmt(mean: float, std: float | None, n: int) -> str:
-    return f"{mean:.4g}" + (f" ± {std:.2g}" if std is not None else "") + f" (n={n})"
+def _fmt(summary: stats.Summary) -> str:
+    return f"{summary.mean:.4g}" + (f" ± {summary.std:.2g}" if summary.std is not None else "") + f" (n={summary.n})"
 
 
-def _values(frame: Any, dataset: str, metric: str, method: str, sampler: str | None) -> tuple[dict[int, float], str]:
+def _values(frame: Any, dataset: str, metric: str, method: str, sampler: str | None) -> tuple[TermValues | None, str]:
     """Per-seed values of one metric; the reason string says why there are none."""
+    label = f"{metric}({method}{'@' + sampler if sampler else ''})"
     if frame.empty or metric not in frame:
-        return {}, f"no {metric!r} in the records"
-    rows = frame[(frame["dataset"] == dataset) & (frame["method"] == method) & (frame["status"] == "ok")]
+        return None, f"no {metric!r} in the records"
+    rows = frame[(frame["dataset"] == dataset) & (frame["method"] == method)]
     if sampler is not None:
         rows = rows[rows["sampler"] == sampler]
     elif rows["sampler"].nunique() > 1:
-        return {}, f"{method} was sampled with several samplers; the claim must name one"
-    rows = rows.dropna(subset=[metric])
+        return None, f"{method} was sampled with several samplers; the claim must name one"
     if rows.empty:
-        return {}, f"no finished run of {method}{'@' + sampler if sampler else ''} on {dataset}"
-    return {int(r["seed"]): float(r[metric]) for _, r in rows.iterrows()}, ""
+        return None, f"no run of {method}{'@' + sampler if sampler else ''} on {dataset}"
+    ok = rows[rows["status"] == "ok"].dropna(subset=[metric])
+    values = {int(r["seed"]): float(r[metric]) for _, r in ok.iterrows()}
+    unfinished = {int(r["seed"]): str(r["status"]) for _, r in rows.iterrows() if int(r["seed"]) not in values}
+    if not values:
+        return None, f"no finished run of {label} on {dataset}" + (
+            f" ({', '.join(f'seed {k} {v}' for k, v in sorted(unfinished.items()))})" if unfinished else "")
+    return TermValues(label, values, unfinished), ""
 
 
 def evaluate(claim: Claim, frame: Any) -> ClaimResult:
-    if claim.relation is None:
-        values, reason = _values(frame, claim.dataset, claim.metric, claim.method, claim.sampler)
-        if not values:
-            return ClaimResult(claim, "not run", "—", reason)
-        mean, std = _stats(list(values.values()))
-        ok = claim.tolerance.allows(mean, claim.value, claim.std, std)
-        return ClaimResult(claim, "reproduced" if ok else "not reproduced", _fmt(mean, std, len(values)))
+    result = _evaluate_relation(claim, frame) if claim.relation is not None else _evaluate_value(claim, frame)
+    if claim.differs and result.verdict != "not run":
+        return ClaimResult(claim, "not comparable", result.measured, claim.differs, result.test, result.interval)
+    return result
+
+
+def _evaluate_value(claim: Claim, frame: Any) -> ClaimResult:
+    term, reason = _values(frame, claim.dataset, claim.metric, claim.method, claim.sampler)
+    if term is None:
+        return ClaimResult(claim, "not run", "—", reason)
+    summary = stats.summarize(list(term.values.values()))
+    measured = _fmt(summary)
+    if shortfall := term.shortfall(claim.min_seeds):
+        return ClaimResult(claim, "inconclusive", measured, shortfall)
+    interval = stats.mean_difference(summary, claim.value, claim.std, claim.seeds)
+    delta = claim.tolerance.margin(claim.value, claim.std)
+    measured += f"; difference {interval.describe()}"
+    verdict = stats.within(interval, -delta, delta)
+    reason = "" if verdict != "inconclusive" else f"the interval straddles ±{delta:.3g}"
+    return ClaimResult(claim, verdict, measured, reason, interval.test, interval)
+
+
+def _evaluate_relation(claim: Claim, frame: Any) -> ClaimResult:
     relation = parse_relation(claim.relation)
-    per_term: dict[Term, dict[int, float]] = {}
+    terms: dict[Term, TermValues] = {}
     for term in relation.terms():
         values, reason = _values(frame, claim.dataset, term.metric, term.method, term.sampler or claim.sampler)
-        if not values:
+        if values is None:
             return ClaimResult(claim, "not run", "—", reason)
-        per_term[term] = values
-    means = {t: _stats(list(v.values()))[0] for t, v in per_term.items()}
+        terms[term] = values
+    means = {t: stats.summarize(list(v.values.values())).mean for t, v in terms.items()}
     left = _side_value(relation.left, means.get)
     right = _side_value(relation.right, means.get)
-    holds = COMPARATORS[relation.comparator](float(left), float(right))
-    # The verdict compares the expression of the seed means; the per-seed spread of the
-    # left side is shown beside it as a measure of its noise.
     measured = f"{left:.4g} vs {right:.4g}"
-    seeds = set.intersection(*(set(v) for v in per_term.values()))
-    if len(seeds) > 1 and all(isinstance(x, float) for _, x in relation.right):
-        per_seed = [_side_value(relation.left, lambda t, s=s: per_term[t][s]) for s in sorted(seeds)]
-        mean, std = _stats(per_seed)
-        measured += f" (per seed: {_fmt(mean, std, len(per_seed))})"
-    return ClaimResult(claim, "reproduced" if holds else "not reproduced", measured)
+    shortfalls = [s for s in (v.shortfall(claim.min_seeds) for v in terms.values()) if s]
+    if shortfalls:
+        return ClaimResult(claim, "inconclusive", measured, "; ".join(shortfalls))
+    # The claim holds where lhs − rhs is below 0 (<, <=) or above it (>, >=).
+    region = (-math.inf, 0.0) if relation.comparator in ("<", "<=") else (0.0, math.inf)
+    seeds = sorted(set.intersection(*(set(v.values) for v in terms.values())))
+    if len(seeds) >= claim.min_seeds:
+        differences = [_side_value(relation.left, lambda t, s=s: terms[t].values[s])
+                       - _side_value(relation.right, lambda t, s=s: terms[t].values[s]) for s in seeds]
+        interval = stats.paired_difference(differences)
+    else:
+        order = list(terms)
+        samples = [list(terms[t].values.values()) for t in order]
+
+        def difference(m: list[float]) -> float:
+            lookup = dict(zip(order, m)).get
+            return _side_value(relation.left, lookup) - _side_value(relation.right, lookup)
+
+        interval = stats.bootstrap_difference(samples, difference)
+    if interval is None:
+        return ClaimResult(claim, "inconclusive", measured, "no interval could be formed")
+    measured += f"; lhs − rhs {interval.describe()}"
+    verdict = stats.within(interval, *region)
+    reason = "" if verdict != "inconclusive" else "the interval contains 0"
+    return ClaimResult(claim, verdict, measured, reason, interval.test, interval)
 
 
 def suite_claims(suite: dict) -> list[Claim]:
@@ -263,7 +318,7 @@ def render(results: list[ClaimResult], fmt: str = "markdown") -> str:
     for r in results:
         source = r.claim.source.paper + (f", {r.claim.source.table}" if r.claim.source.table else "")
         verdict = r.verdict + (f" ({r.reason})" if r.reason else "")
-        rows.append([r.claim.dataset, r.claim.describe(), r.measured, verdict, source])
-    headers = ["dataset", "claim", "measured (mean ± std over seeds)", "verdict", "source"]
+        rows.append([r.claim.dataset, r.claim.describe(), r.measured, verdict, r.test or "—", source])
+    headers = ["dataset", "claim", "measured (mean ± std over seeds; interval)", "verdict", "test", "source"]
     table_fmt = {"markdown": "github", "latex": "latex_booktabs", "html": "html", "csv": "tsv"}.get(fmt, "github")
     return tabulate(rows, headers, tablefmt=table_fmt, disable_numparse=True)

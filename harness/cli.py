@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     claims.add_argument("results", type=Path, metavar="RESULTS_DIR")
     claims.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
     claims.add_argument("--strict", action="store_true",
-                        help=f"exit {EXIT_CLAIM_FAILED} when a claim is not reproduced or not run")
+                        help=f"exit {EXIT_CLAIM_FAILED} when a claim is not reproduced, inconclusive or not run "
+                             "(claims marked not comparable do not count)")
 
     report = sub.add_parser("report", help="write report.md with the leaderboard, claims and plots")
     report.add_argument("results", type=Path, metavar="RESULTS_DIR")
@@ -205,9 +206,12 @@ def cmd_claims(args: argparse.Namespace) -> int:
         print("the suite and its methods make no claims")
         return 0
     print(text)
-    counts = {v: sum(r.verdict == v for r in results) for v in ("reproduced", "not reproduced", "not run")}
-    print(", ".join(f"{n} {v}" for v, n in counts.items()), file=sys.stderr)
-    return EXIT_CLAIM_FAILED if args.strict and counts["reproduced"] < len(results) else 0
+    from harness.claims import VERDICTS
+
+    counts = {v: sum(r.verdict == v for r in results) for v in VERDICTS}
+    print(", ".join(f"{n} {v}" for v, n in counts.items() if n), file=sys.stderr)
+    failing = len(results) - counts["reproduced"] - counts["not comparable"]
+    return EXIT_CLAIM_FAILED if args.strict and failing else 0
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:

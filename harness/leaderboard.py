@@ -11,11 +11,12 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.registry import METRICS
+from harness.statistics import summarize
 
 FORMATS = ("markdown", "latex", "html", "csv")
 STATUS_ORDER = {"ok": 0, "diverged": 1, "failed": 2}
@@ -44,6 +45,7 @@ class Table:
     metrics: list[str]
     rank_by: str
     rows: list[Row]
+    notes: list[str] = field(default_factory=list)  # e.g. a metric's noise floor on this dataset
 
 
 def higher_is_better(name: str) -> bool:
@@ -79,11 +81,9 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
             worst = max(group["status"], key=lambda s: STATUS_ORDER.get(s, 3))
             cells = {}
             for m in metrics:
-                values = ok[m].dropna().astype(float) if m in ok else []
-                n = len(values)
-                mean = float(values.mean()) if n else None
-                std = float(values.std(ddof=1)) if n > 1 else None
-                cells[m] = Cell(mean, std, n)
+                values = ok[m].dropna().astype(float).tolist() if m in ok else []
+                summary = summarize(values) if values else None
+                cells[m] = Cell(summary and summary.mean, summary and summary.std, len(values))
             rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells))
         rows.sort(key=lambda row: _rank_key(row, rank_by))
         for m in metrics:
@@ -95,7 +95,12 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 continue  # a column where every row ties marks nothing
             for r in rows:
                 r.cells[m].best = r.cells[m].mean is not None and badness(m, r.cells[m].mean) == badness(m, best)
-        tables.append(Table(str(dataset), metrics, rank_by, rows))
+        notes = []
+        for m in metrics:
+            floor = METRICS.get(m).noise_floor if m in METRICS else None
+            if floor is not None and (note := floor(by_dataset[by_dataset["status"] == "ok"])):
+                notes.append(note)
+        tables.append(Table(str(dataset), metrics, rank_by, rows, notes))
     return tables
 
 
@@ -146,11 +151,13 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
             body.append([i if row.status == "ok" else "—", row.method, row.sampler, row.seeds, *metric_cells])
         if fmt == "markdown":
             title = f"### {table.dataset}  (ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds)"
-            parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True))
+            parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True)
+                         + "".join(f"\n\n{note}" for note in table.notes))
         elif fmt == "latex":
             esc = [[_latex_escape(str(c)) if not str(c).startswith("\\textbf") else
                     "\\textbf{" + _latex_escape(str(c)[8:-1]) + "}" for c in r] for r in body]
             text = tabulate(esc, [_latex_escape(h).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$")
+                                  .replace("→", r"$\to$")
                                   for h in headers], tablefmt="latex_raw", disable_numparse=True)
             lines = text.splitlines()
             hlines = [i for i, line in enumerate(lines) if line.strip() == r"\hline"]
@@ -161,7 +168,8 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
             esc = [[html.escape(str(c)).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for c in r]
                    for r in body]
             parts.append(f"<h3>{html.escape(table.dataset)}</h3>\n"
-                         + tabulate(esc, [html.escape(h) for h in headers], tablefmt="unsafehtml"))
+                         + tabulate(esc, [html.escape(h) for h in headers], tablefmt="unsafehtml")
+                         + "".join(f"\n<p>{html.escape(note)}</p>" for note in table.notes))
     return "\n\n".join(parts)
 
 

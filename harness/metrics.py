@@ -61,6 +61,8 @@ class Metric:
     needs: frozenset[str]
     Params: type[BaseModel] = NoParams
     best_at: float | None = None  # a signed metric whose best value is this one (not an end)
+    # noise_floor(rows of one dataset's finished records) -> a sentence for the table, or None
+    noise_floor: Callable[[Any], str | None] | None = None
 
     @property
     def label(self) -> str:
@@ -75,10 +77,12 @@ class Metric:
 
 
 def metric(name: str, unit: str, higher_is_better: bool, needs: set[str],
-           params: type[BaseModel] = NoParams, best_at: float | None = None) -> Callable:
+           params: type[BaseModel] = NoParams, best_at: float | None = None,
+           noise_floor: Callable[[Any], str | None] | None = None) -> Callable:
     def decorator(fn: Callable[[EvalContext, Any], float | None]) -> Callable:
         summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # first paragraph
-        METRICS.add(name, Metric(name, fn, unit, higher_is_better, summary, frozenset(needs), params, best_at))
+        METRICS.add(name, Metric(name, fn, unit, higher_is_better, summary, frozenset(needs), params, best_at,
+                                 noise_floor))
         return fn
 
     return decorator
@@ -272,7 +276,24 @@ def _w2_squared_source_reference(ctx: EvalContext) -> float:
     return wasserstein(ctx.source, ctx.reference, p=2) ** 2
 
 
-@metric("npe", unit="", higher_is_better=False, needs={"flow", "source", "reference"}, params=FlowGrid)
+def npe_noise_floor(rows: Any) -> str | None:
+    """NPE's resolution on one dataset: the seed-to-seed relative spread of its normaliser
+    W2²(q0, q1), estimated from finite source and reference samples. Every method of a
+    seed shares those samples, so W2² = PE / (1 + rpe) of any record of the seed gives it.
+    NPE differences below it are estimation noise, not a difference between flows."""
+    if not {"path_energy", "rpe", "seed"} <= set(rows.columns):
+        return None
+    both = rows.dropna(subset=["path_energy", "rpe"])
+    w2_sq = (both["path_energy"] / (1.0 + both["rpe"])).groupby(both["seed"]).mean()
+    if len(w2_sq) < 2:
+        return None
+    floor = float(w2_sq.std(ddof=1) / w2_sq.mean())
+    return (f"npe noise floor: the normaliser W2²(q0, q1) varies by {floor:.2g} (relative std over "
+            f"{len(w2_sq)} seeds' evaluation samples), so npe differences below about {floor:.2g} are not resolved.")
+
+
+@metric("npe", unit="", higher_is_better=False, needs={"flow", "source", "reference"}, params=FlowGrid,
+        noise_floor=npe_noise_floor)
 def _npe(ctx: EvalContext, params: FlowGrid) -> float | None:
     """Normalised path energy |PE − W2²(q0, q1)| / W2²(q0, q1) (Tong et al. 2024), PE on the
     fixed Euler grid, W2 exact between the source sample and the fresh reference sample.

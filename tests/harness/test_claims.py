@@ -47,30 +47,61 @@ def test_parse_relation_rejects_bad_text(text, message):
         parse_relation(text)
 
 
-def test_value_claim_verdicts_use_the_mean_over_seeds():
-    ok = Claim(source=SOURCE, dataset="g", method="otcfm", sampler="euler-100", metric="npe", value=0.03,
-               tolerance={"abs": 0.005})
-    result = evaluate(ok, RECORDS)
-    assert result.verdict == "reproduced" and result.measured.startswith("0.03 ± 0.014 (n=2)")
-    far = ok.model_copy(update={"value": 0.1, "tolerance": ok.tolerance.model_copy(update={"abs": None, "rel": 0.5})})
-    assert evaluate(far, RECORDS).verdict == "not reproduced"
+def seeds(method, values, dataset="g", sampler="euler-100", status=None):
+    status = status or {}
+    return [(dataset, method, sampler, i, status.get(i, "ok"), None if i in status else v) for i, v in enumerate(values)]
 
 
-def test_sigmas_tolerance_combines_published_and_measured_spread():
-    # measured otcfm: mean 0.03, std 0.01414 (n=2)
-    claim = Claim(source=SOURCE, dataset="g", method="otcfm", sampler="euler-100", metric="npe", value=0.07,
-                  std=0.02, seeds=3, tolerance={"sigmas": 1})
-    assert claim.describe() == "npe(otcfm@euler-100) = 0.07 ± 0.02, within 1σ"
-    assert evaluate(claim, RECORDS).verdict == "not reproduced"  # gap 0.04 > √(0.02² + 0.01414²) = 0.0245
-    two = claim.model_copy(update={"tolerance": claim.tolerance.model_copy(update={"sigmas": 2})})
-    assert evaluate(two, RECORDS).verdict == "reproduced"  # 0.04 <= 0.049
-    # one measured seed (0.02) has no spread: only the published one counts, 0.05 > 2·0.02
-    one_seed = RECORDS[~((RECORDS["method"] == "otcfm") & (RECORDS["seed"] == 1))]
-    assert evaluate(two, one_seed).verdict == "not reproduced"
+def test_value_claims_compare_the_interval_of_the_difference_with_the_margin():
+    """Equivalence: reproduced when the 95 % t interval of mean − value lies within ±δ, not
+    reproduced when it lies wholly outside, inconclusive when it straddles ±δ."""
+    tight = frame(seeds("a", [0.030, 0.031, 0.029, 0.030, 0.030]))
+    claim = Claim(source=SOURCE, dataset="g", method="a", sampler="euler-100", metric="npe", value=0.03,
+                  tolerance={"abs": 0.005})
+    result = evaluate(claim, tight)
+    assert result.verdict == "reproduced" and result.test == "one-sample t, 95 %"
+    # mean 0.03, sem 0.000316, t(4) = 2.776: the interval is ±0.000878
+    assert result.interval.low == pytest.approx(-0.000878, abs=1e-6) and result.interval.high == pytest.approx(0.000878, abs=1e-6)
+    far = claim.model_copy(update={"value": 0.1})
+    assert evaluate(far, tight).verdict == "not reproduced"
+    # the same mean with a large spread: the data cannot decide, whatever the margin's side
+    noisy = frame(seeds("a", [0.0, 0.06, 0.01, 0.05, 0.03]))
+    result = evaluate(claim, noisy)
+    assert result.verdict == "inconclusive" and "straddles ±0.005" in result.reason
+
+
+def test_a_noisier_run_never_makes_reproduced_easier():
+    """The old rule (|mean − value| ≤ k·√(s_pub² + s²)) reproduced more easily the noisier
+    the run; the interval only widens with noise: a reproduced claim can become
+    inconclusive, never the other way round."""
+    claim = Claim(source=SOURCE, dataset="g", method="a", sampler="euler-100", metric="npe", value=0.07,
+                  std=0.02, seeds=3, tolerance={"sigmas": 2})
+    assert claim.describe() == "npe(a@euler-100) = 0.07 ± 0.02, ±2σ"
+    quiet = frame(seeds("a", [0.16, 0.161, 0.159]))  # mean 0.16: 0.09 away, margin 2σ = 0.04
+    loud = frame(seeds("a", [0.06, 0.26, 0.16]))  # same mean, std 0.1
+    assert evaluate(claim, quiet).verdict == "not reproduced"
+    result = evaluate(claim, loud)
+    assert result.verdict == "inconclusive" and result.test == "Welch t, 95 %"
+    # Welch: se = √(0.1²/3 + 0.02²/3) = 0.0589, df = 2.16
+    assert result.interval.high - result.interval.estimate == pytest.approx(0.2364, rel=2e-2)
     with pytest.raises(ValueError, match="sigmas needs the published std"):
-        Claim(source=SOURCE, dataset="g", method="otcfm", metric="npe", value=0.06, tolerance={"sigmas": 2})
+        Claim(source=SOURCE, dataset="g", method="a", metric="npe", value=0.06, tolerance={"sigmas": 2})
     with pytest.raises(ValueError, match="takes no metric, value, std"):
         Claim(source=SOURCE, dataset="g", std=0.1, relation="npe(a) < 1")
+
+
+def test_failed_seeds_are_counted_not_dropped():
+    rows = seeds("a", [0.03, 0.031, 0.029, 0.03, 0.03], status={1: "failed", 3: "diverged"})
+    claim = Claim(source=SOURCE, dataset="g", method="a", sampler="euler-100", metric="npe", value=0.03,
+                  tolerance={"abs": 0.005}, min_seeds=4)
+    result = evaluate(claim, frame(rows))
+    assert result.verdict == "inconclusive"
+    assert result.reason == "npe(a@euler-100): 3 finished seed(s) (seed 1 failed, seed 3 diverged); the claim needs 4"
+    assert evaluate(claim.model_copy(update={"min_seeds": 3}), frame(rows)).verdict == "reproduced"
+    relation = Claim(source=SOURCE, dataset="g", sampler="euler-100", relation="npe(a) < npe(b)")
+    result = evaluate(relation, frame(rows + seeds("b", [1.0, 1.1, 1.2, 1.3, 1.4])))
+    assert result.verdict == "reproduced"  # 3 finished seeds of a, paired with b's on seeds 0, 2, 4
+    assert result.test == "paired t over 3 seeds, 95 %"
 
 
 def test_not_run_when_records_lack_what_the_claim_needs():
@@ -80,16 +111,39 @@ def test_not_run_when_records_lack_what_the_claim_needs():
     result = evaluate(ambiguous, RECORDS)
     assert result.verdict == "not run" and "several samplers" in result.reason
     failed = Claim(source=SOURCE, dataset="g", relation="npe(broken@euler-100) < 1")
-    assert evaluate(failed, RECORDS).verdict == "not run"
+    result = evaluate(failed, RECORDS)
+    assert result.verdict == "not run" and "seed 0 failed" in result.reason
 
 
-def test_relation_claims():
+def test_relation_claims_paired_by_seed():
+    separated = frame(seeds("icfm", [0.30, 0.50, 0.40]) + seeds("otcfm", [0.02, 0.04, 0.03]))
     holds = Claim(source=SOURCE, dataset="g", sampler="euler-100", relation="npe(icfm) / npe(otcfm) >= 10")
-    result = evaluate(holds, RECORDS)
-    assert result.verdict == "reproduced"  # the ratio of the means: 0.4 / 0.03 = 13.3
-    assert result.measured == "13.33 vs 10 (per seed: 13.75 ± 1.8 (n=2))"  # per seed: 15 and 12.5
-    fails = Claim(source=SOURCE, dataset="g", relation="npe(icfm@euler-1) < npe(otcfm@euler-100)")
-    assert evaluate(fails, RECORDS).verdict == "not reproduced"
+    result = evaluate(holds, separated)
+    assert result.verdict == "reproduced" and result.test == "paired t over 3 seeds, 95 %"
+    # per seed: 15, 12.5, 13.33 against 10; their mean 3.61 above it, t(2) interval ±3.1
+    assert result.measured.startswith("13.33 vs 10; lhs − rhs 3.61 [")
+    assert result.interval.low > 0
+    overlapping = frame(seeds("icfm", [0.30, 0.50, 0.40]) + seeds("otcfm", [0.02, 0.06, 0.05]))
+    result = evaluate(holds, overlapping)  # per seed 15, 8.3, 8: the interval contains 10
+    assert result.verdict == "inconclusive" and result.reason == "the interval contains 0"
+    reversed_ = Claim(source=SOURCE, dataset="g", sampler="euler-100", relation="npe(icfm) < npe(otcfm)")
+    assert evaluate(reversed_, separated).verdict == "not reproduced"
+
+
+def test_relation_claims_without_shared_seeds_use_a_bootstrap():
+    rows = seeds("a", [1.0, 1.1, 0.9]) + [("g", "b", "euler-100", s, "ok", v) for s, v in [(7, 2.0), (8, 2.2), (9, 2.1)]]
+    claim = Claim(source=SOURCE, dataset="g", sampler="euler-100", relation="npe(a) < npe(b)")
+    result = evaluate(claim, frame(rows))
+    assert result.verdict == "reproduced" and result.test.startswith("bootstrap over seeds (10000 resamples)")
+    assert evaluate(claim, frame(rows)).interval == result.interval  # a fixed generator: reproducible
+
+
+def test_claims_marked_as_differing_are_not_comparable():
+    claim = Claim(source=SOURCE, dataset="g", method="otcfm", sampler="euler-100", metric="npe", value=0.5,
+                  tolerance={"abs": 0.01}, differs="their target geometry differs (W2 below our floor)", min_seeds=2)
+    result = evaluate(claim, RECORDS)
+    assert result.verdict == "not comparable" and result.reason.startswith("their target geometry")
+    assert result.measured.startswith("0.03 ± 0.014 (n=2)")
 
 
 def test_claim_needs_a_kind():

@@ -59,3 +59,23 @@ def test_number_formatting():
     assert format_number(16.0) == "16"
     assert format_number(123456.7) == "123,457"
     assert format_number(0.0123456) == "0.01235"
+
+
+def test_npe_tables_state_the_noise_floor_of_the_normaliser():
+    """W2²(q0, q1) = PE / (1 + rpe) is shared by every method of a seed; its relative spread
+    over seeds is the npe difference that the table cannot resolve."""
+    import pandas as pd
+
+    from harness.leaderboard import build_tables, render
+
+    rows = []
+    for seed, w2_sq in [(0, 1.0), (1, 1.2), (2, 1.1)]:
+        for method, rpe in [("a", 0.5), ("b", -0.2)]:
+            rows.append({"dataset": "g", "method": method, "sampler": "euler-100", "seed": seed, "status": "ok",
+                         "npe": abs(rpe), "rpe": rpe, "path_energy": w2_sq * (1 + rpe)})
+    (table,) = build_tables(pd.DataFrame(rows), ["npe", "rpe"], "npe")
+    assert table.notes == ["npe noise floor: the normaliser W2²(q0, q1) varies by 0.091 (relative std over 3 "
+                           "seeds' evaluation samples), so npe differences below about 0.091 are not resolved."]
+    assert [r.method for r in table.rows] == ["b", "a"]  # npe 0.2 before 0.5
+    assert table.rows[0].cells["rpe"].best  # |−0.2| is nearer 0 than 0.5
+    assert "npe noise floor" in render([table], "markdown") and r"$\to$0" in render([table], "latex")
