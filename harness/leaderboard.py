@@ -37,6 +37,12 @@ class Row:
     seeds: int
     status: str  # "ok", or the worst status among the seeds
     cells: dict[str, Cell]
+    finished: int = 0  # seeds that finished ok: the means are over these
+
+    @property
+    def seeds_text(self) -> str:
+        """"5", or "4/5" when a seed failed or diverged: it is not in the means."""
+        return str(self.seeds) if self.finished in (self.seeds, 0) else f"{self.finished}/{self.seeds}"
 
 
 @dataclass
@@ -84,7 +90,8 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 values = ok[m].dropna().astype(float).tolist() if m in ok else []
                 summary = summarize(values) if values else None
                 cells[m] = Cell(summary and summary.mean, summary and summary.std, len(values))
-            rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells))
+            rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells,
+                            int(ok["seed"].nunique())))
         rows.sort(key=lambda row: _rank_key(row, rank_by))
         for m in metrics:
             vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
@@ -148,7 +155,7 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
                 metric_cells = [row.status] + ["—"] * (len(table.metrics) - 1)
             else:
                 metric_cells = [_cell_text(row.cells[m], precision, bold) for m in table.metrics]
-            body.append([i if row.status == "ok" else "—", row.method, row.sampler, row.seeds, *metric_cells])
+            body.append([i if row.status == "ok" else "—", row.method, row.sampler, row.seeds_text, *metric_cells])
         if fmt == "markdown":
             title = f"### {table.dataset}  (ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds)"
             parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True)

@@ -79,3 +79,12 @@ def test_npe_tables_state_the_noise_floor_of_the_normaliser():
     assert [r.method for r in table.rows] == ["b", "a"]  # npe 0.2 before 0.5
     assert table.rows[0].cells["rpe"].best  # |−0.2| is nearer 0 than 0.5
     assert "npe noise floor" in render([table], "markdown") and r"$\to$0" in render([table], "latex")
+
+
+def test_a_seed_that_did_not_finish_shows_in_the_seeds_column():
+    rows = [("moons", "a", "euler-1", 0, "ok", {"w2": 1.0}), ("moons", "a", "euler-1", 1, "ok", {"w2": 3.0}),
+            ("moons", "a", "euler-1", 2, "failed", {})]
+    (table,) = build_tables(_frame(rows), ["w2"], "w2")
+    (row,) = table.rows
+    assert row.seeds_text == "2/3" and row.cells["w2"].mean == 2.0 and row.cells["w2"].n == 2
+    assert "| 2/3 " in render([table], "markdown")
