@@ -30,6 +30,7 @@ from harness.spec import (
     StrictModel,
     SuiteSpec,
     TeacherSpec,
+    check_name,
     validate,
 )
 
@@ -141,9 +142,14 @@ class Resolver:
         return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
     def path_of(self, kind: str, name: str, loc: Loc | None) -> Path:
+        """The file of spec ``name`` inside this root's ``kind`` folder; names are never paths."""
+        singular = kind[:-1] if kind.endswith("s") else kind
+        try:
+            check_name(name)
+        except ValueError as err:
+            raise SpecError(f"{singular} {err}; a spec is named by its file under {kind}/", loc) from None
         path = self.root / kind / f"{name}.yaml"
         if not path.is_file():
-            singular = kind[:-1] if kind.endswith("s") else kind
             msg = f"unknown {singular} {name!r} (no file {display_path(path)})" + did_you_mean(name, self.names(kind))
             raise SpecError(msg, loc)
         return path

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import types
 import typing
+import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,8 +31,23 @@ from harness.registry import did_you_mean
 from harness.source import KeyPath, Source
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+
+
+def check_name(name: str) -> str:
+    """Spec names are identifiers: they become file names and folder names (a suite's
+    results), so a path, '..', a NUL byte or 300 characters are refused at the door."""
+    if not NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{name[:60]!r} is not a name: use letters, digits, '.', '_', '+' and '-' "
+                         "(at most 100, starting with a letter or digit)")
+    return name
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Paper(StrictModel):
@@ -57,7 +74,7 @@ class TeacherSpec(StrictModel):
 class MethodSpec(StrictModel):
     """A method variant: implementation, its hyperparameters, network and optimiser."""
 
-    name: str
+    name: Name
     implementation: str = Field(description="key in the method registry")
     description: str = ""
     paper: Paper | None = None
@@ -70,7 +87,7 @@ class MethodSpec(StrictModel):
 
 
 class DatasetSpec(StrictModel):
-    name: str
+    name: Name
     implementation: str
     description: str = ""
     paper: Paper | None = None
@@ -78,7 +95,7 @@ class DatasetSpec(StrictModel):
 
 
 class SamplerSpec(StrictModel):
-    name: str
+    name: Name
     solver: str
     description: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
@@ -87,7 +104,7 @@ class SamplerSpec(StrictModel):
 class HardwareSpec(StrictModel):
     """Where and how a run executes. The runner honours and records every field."""
 
-    name: str
+    name: Name
     description: str = ""
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["float32", "float64"] = "float32"
@@ -157,7 +174,7 @@ class MetricSpec(StrictModel):
 class LeaderboardSpec(StrictModel):
     rank_by: str = "w2"
     columns: list[str] | None = Field(None, description="metric columns to show; default: the suite's metrics")
-    precision: PositiveInt = 4
+    precision: int = Field(4, ge=1, le=15, description="significant digits of table values")
 
 
 SpecRef = Union[str, dict[str, Any]]  # noqa: UP007  a file name under specs/<kind>/ or an inline spec
@@ -166,7 +183,7 @@ SpecRef = Union[str, dict[str, Any]]  # noqa: UP007  a file name under specs/<ki
 class RawSuite(StrictModel):
     """A suite as written: other specs are named or given inline; resolved by ``resolve``."""
 
-    name: str
+    name: Name
     description: str = ""
     hardware: SpecRef = "cpu"
     seeds: Annotated[list[int], Field(min_length=1)] = [0]

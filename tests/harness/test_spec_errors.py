@@ -169,3 +169,49 @@ def test_validate_reports_the_same_errors(spec_root):
     assert result.returncode == 2
     assert "methods/broken.yaml:2: batch_size: must be > 0, got -3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _in_process(spec_root: Path, suite_text: str, *extra: str, capsys=None):
+    """The CLI's main() in this process: the same exit status and message, without the
+    start-up of a subprocess."""
+    from harness.cli import main
+
+    write(spec_root / "suites" / "bad.yaml", suite_text)
+    out = spec_root.parent / "out"
+    code = main(["--specs", str(spec_root), "run", "bad", "--results", str(out), *extra])
+    return code, out
+
+
+@pytest.mark.parametrize("name, line", [
+    ("../../../x", 1), ("/tmp/abs", 1), ("a" * 300, 1), ("with space", 1), ("nul\\0byte", 1),
+])
+def test_a_suite_name_is_an_identifier_not_a_path(spec_root, capsys, name, line):
+    text = SUITE.replace("name: bad", f'name: "{name}"')
+    code, out = _in_process(spec_root, text)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err.startswith(f"{spec_root.name}/suites/bad.yaml:{line}: name: ") or f"suites/bad.yaml:{line}: name: " in err
+    assert "is not a name: use letters, digits" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("field, ref", [("methods", "/tmp/x/evil"), ("methods", "../methods/icfm"),
+                                        ("datasets", "../../etc/passwd")])
+def test_spec_references_resolve_only_inside_the_specs_root(spec_root, capsys, field, ref):
+    text = SUITE.replace(f"{field}: [", f"{field}: [{ref}, ")
+    code, out = _in_process(spec_root, text)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert "is not a name" in err and f"a spec is named by its file under {field}/" in err
+    write(spec_root / "methods" / "ext.yaml", f"extends: {ref}\n")
+    code, _ = _in_process(spec_root, SUITE.replace("methods: [icfm]", "methods: [ext]"))
+    assert code == 2 and "methods/ext.yaml:1: method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, where", [
+    ("methods.icfm.optimizer.lr=.inf", "optimizer.lr"), ("budget.train.seconds=.inf", "budget.train.seconds"),
+    ("budget.train.seconds=.nan", "budget.train.seconds"), ("leaderboard.precision=1000000000", "leaderboard.precision"),
+])
+def test_infinite_values_and_unbounded_sizes_are_refused(spec_root, capsys, override, where):
+    code, out = _in_process(spec_root, SUITE, "--set", override)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists() and where in err and len(err.splitlines()) == 1, err
