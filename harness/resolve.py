@@ -296,6 +296,9 @@ class Resolver:
     def find_suite(self, ref: str) -> Path:
         path = Path(ref)
         if path.suffix in (".yaml", ".yml") or os.sep in ref:
+            if path.is_dir():
+                raise SpecError(f"is a folder; give spec files (e.g. {display_path(path)}/*.yaml)",
+                                Loc(display_path(path)))
             if not path.is_file():
                 raise SpecError("file not found", Loc(display_path(path)))
             return path

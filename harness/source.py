@@ -80,12 +80,19 @@ def parse_yaml(text: str, name: str) -> Source:
 
 def load_yaml(path: Path) -> Source:
     name = display_path(path)
+    if path.is_dir():
+        raise SpecError(f"is a folder; give spec files (e.g. {name}/*.yaml)", Loc(name))
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise SpecError("file not found", Loc(name)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SpecError(f"cannot read file: {err}", Loc(name)) from None
+    except OSError as err:
+        raise SpecError(f"cannot read file: {err.strerror or err}", Loc(name)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise SpecError(f"not UTF-8 text (byte {data[err.start]:#04x}); save the spec as UTF-8", Loc(name, line)) from None
     return parse_yaml(text, name)
 
 

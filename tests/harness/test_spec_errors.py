@@ -215,3 +215,17 @@ def test_infinite_values_and_unbounded_sizes_are_refused(spec_root, capsys, over
     code, out = _in_process(spec_root, SUITE, "--set", override)
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists() and where in err and len(err.splitlines()) == 1, err
+
+
+def test_a_folder_or_a_non_utf8_file_is_named_with_its_line(tmp_path, capsys):
+    from harness.cli import main
+
+    (tmp_path / "specs").mkdir()
+    assert main(["validate", str(tmp_path / "specs")]) == 2
+    assert capsys.readouterr().err.strip().endswith("specs: is a folder; give spec files (e.g. "
+                                                    f"{tmp_path / 'specs'}/*.yaml)")
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: x\nbudget: {train: {steps: 1}}\ndescription: caf\xe9\n")
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("bad.yaml:3: not UTF-8 text (byte 0xe9); save the spec as UTF-8"), err
