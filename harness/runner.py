@@ -374,6 +374,17 @@ def _thin(curve: list[tuple[int, float]]) -> list[list[float]]:
 
 
 SAVED_POINTS = 1000  # generated 2-D points kept per record, for plots
+OUT_OF_RANGE = 1e3  # samples this many times beyond the reference's extent count as diverged
+
+
+def samples_out_of_range(samples: np.ndarray, reference: np.ndarray) -> int:
+    """How many samples are non-finite or lie beyond ``OUT_OF_RANGE`` times the reference's
+    largest absolute coordinate (plus 1): a finite but exploded model (a loss of 1e29, W2 of
+    1e14) is diverged, not a row to rank."""
+    bound = OUT_OF_RANGE * (float(np.abs(reference).max()) + 1.0)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(samples).all(axis=1) & (np.abs(samples) <= bound).all(axis=1)
+    return int((~ok).sum())
 FLOW_GRID_SOLVER = "euler"  # flow metrics (path energy, straightness) integrate on its uniform grid
 
 
@@ -402,7 +413,9 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
     first_call_s = time.perf_counter() - t0
     timing = time_calls(lambda: sample(model), built.device, job.budget.warmup, job.budget.repeats)
     samples = solution.x.detach().double().cpu().reshape(n, -1).numpy()
-    finite = bool(np.isfinite(samples).all())
+    reference_np = reference.double().reshape(n, -1).numpy()
+    bad = samples_out_of_range(samples, reference_np)
+    finite = bad == 0  # every sample finite and within range: the metrics are published
     specs = [(spec, reg.METRICS.get(spec.name)) for spec in job.metrics]
     flows: dict[int, Trajectory | None] = {}
 
@@ -427,7 +440,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
     ctx = EvalContext(
         reference_2=reference_2,
         samples=samples if finite else None,
-        reference=reference.double().reshape(n, -1).numpy(),
+        reference=reference_np,
         source=x_0.detach().double().cpu().reshape(n, -1).numpy(),
         flow=flow,
         nfe=counter.nfe(n),
@@ -456,7 +469,8 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
         "first_call_s": first_call_s,
         "latency": timing.as_dict(),
         "memory": memory.result,
-        "samples_finite": finite,
+        "samples_finite": bool(np.isfinite(samples).all()),
+        "samples_out_of_range": bad,  # non-finite, or beyond OUT_OF_RANGE x the reference's extent
     }
     if any("flow" in metric.needs for _, metric in specs):  # the grid, whatever the sampler
         measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)

@@ -250,3 +250,19 @@ def test_a_one_step_map_has_no_straightness():
     for status, metrics, measurements in out.values():
         assert status == "ok" and metrics["straightness"] is None and metrics["path_energy"] is None
         assert metrics["nfe"] == 1 and measurements["flow_grid"] == "not applicable: a one-step map"
+
+
+class _Exploded(nn.Module):
+    def forward(self, x, t):
+        return torch.full_like(x, 1e12)
+
+
+def test_exploded_but_finite_samples_are_diverged_not_ranked():
+    """A finite divergence (samples at 1e12 where the data lie within ±4) gets status
+    diverged and no quality numbers, never an ok row with W2 = 1e12."""
+    out = _evaluate_all(_Exploded(), ["euler-1"])
+    status, metrics, measurements = out["euler-1"]
+    assert status == "diverged" and metrics["w2"] is None and metrics["straightness"] is None
+    assert measurements["samples_out_of_range"] == 256 and measurements["samples_finite"] is True
+    ok = _evaluate_all(_Field(rotate=False), ["euler-1"])["euler-1"]
+    assert ok[0] == "ok" and ok[2]["samples_out_of_range"] == 0
