@@ -4,18 +4,20 @@ harness and the implementations. Heavy imports (torch) happen inside the command
 
 Exit status: 0 success; 1 a run failed (a harness or implementation error, recorded);
 2 bad input (spec errors, unknown names, bad arguments); 3 ``claims --strict`` found a claim
-not reproduced; 130 interrupted.
+not reproduced; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 EXIT_FAILED_RUNS = 1
 EXIT_USER_ERROR = 2
 EXIT_CLAIM_FAILED = 3
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 LIST_KINDS = ("methods", "datasets", "samplers", "metrics", "suites", "hardware", "solvers", "networks",
               "optimizers")
@@ -240,18 +242,30 @@ COMMANDS = {"run": cmd_run, "report": cmd_report, "validate": cmd_validate, "lis
             "claims": cmd_claims, "rekey": cmd_rekey}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: workers stopped, finished records kept."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from harness.errors import SpecError
 
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return COMMANDS[args.command](args)
     except SpecError as err:
         print(f"error: {err}" if err.loc is None else str(err), file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted; finished records are kept, rerun to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
+        print(f"{what}; finished records are kept, rerun to resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(err, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

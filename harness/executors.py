@@ -21,6 +21,7 @@ CPU runs are bitwise reproducible across processes.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -31,9 +32,27 @@ from harness.plan import EvalJob, TrainJob
 Counts = dict[str, int]
 
 
-def _worker_init() -> None:
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when its driver dies (Linux), however it dies:
+    SIGKILL leaves the driver no chance to stop its workers, and an orphan would go on
+    writing records beside the resumed run. Elsewhere the driver's own shutdown is all."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the driver died before the request took effect
+        os._exit(1)
+
+
+def _worker_init(parent: int) -> None:
+    _die_with(parent)
     # Ctrl-C goes to the whole process group: the parent alone decides what to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     import harness.metrics  # noqa: F401  registers the metrics
     import implementations  # noqa: F401  registers methods, networks, datasets, solvers, optimisers
 
@@ -61,7 +80,7 @@ def run_in_processes(results_dir: Path, jobs: Sequence[TrainJob], pending: dict[
         return teacher is None or teacher.key not in keys or teacher.key in finished
 
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
+                               initializer=_worker_init, initargs=(os.getpid(),))
     try:
         while waiting or running:
             for job in [j for j in waiting if ready(j)]:

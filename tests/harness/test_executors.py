@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +77,55 @@ def test_ctrl_c_stops_the_suite_and_a_rerun_resumes(tmp_path, workers):
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(records)} cached" in rerun.stderr and f"{3 - len(records)} ok" in rerun.stderr
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
+
+
+def _workers(pid: int) -> set[int]:
+    """Live spawned worker processes whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmdline:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_their_driver(tmp_path, how):
+    """A driver killed (SIGKILL: no chance to clean up) or terminated leaves no worker
+    behind to race a resumed run; SIGTERM stops the run like Ctrl-C, with a message."""
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "harness.cli", "run", "quickstart", "--results", str(out), "--no-progress",
+            "--workers", "2", "--set", "budget.train.steps=100000", "--set", "samplers=[euler-1]"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_workers(proc.pid)) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.2)
+    time.sleep(3)  # let them import torch and start training
+    workers = _workers(proc.pid)
+    assert len(workers) == 2
+    proc.send_signal(how)
+    _, stderr = proc.communicate(timeout=60)
+    if how == signal.SIGTERM:
+        assert proc.returncode == 143 and "terminated (SIGTERM); finished records are kept" in stderr, stderr
+        assert "Traceback" not in stderr
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers):
+        assert time.monotonic() < deadline, f"orphaned workers: {[w for w in workers if _alive(w)]}"
+        time.sleep(0.2)
