@@ -9,7 +9,6 @@ GitHub markdown, LaTeX (booktabs), HTML and CSV.
 from __future__ import annotations
 
 import html
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,9 +200,10 @@ def _render_csv(tables: list[Table]) -> str:
 
 def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
     """(metrics, rank_by, precision) from the suite that wrote ``results_dir``."""
-    path = results_dir / "suite.json"
-    if path.is_file():
-        suite = json.loads(path.read_text())["suite"]
+    from harness.results import read_suite
+
+    suite = read_suite(results_dir)
+    if suite is not None:
         lb = suite.get("leaderboard", {})
         metrics = lb.get("columns") or [m["name"] for m in suite.get("metrics", [])]
         return metrics, lb.get("rank_by", metrics[0]), lb.get("precision", 4)
@@ -217,10 +217,12 @@ def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -
     from harness.claims import render as render_claims
     from harness.results import read_records, records_frame
 
-    path = results_dir / "suite.json"
-    if not path.is_file():
+    from harness.results import read_suite
+
+    suite = read_suite(results_dir)
+    if suite is None:
         return "", []
-    claims = suite_claims(json.loads(path.read_text())["suite"])
+    claims = suite_claims(suite)
     if not claims:
         return "", []
     if frame is None:

@@ -78,12 +78,55 @@ def record_path(results_dir: Path, key: str, label: str) -> Path:
     return results_dir / "records" / f"{safe}__{key}.json"
 
 
-def read_records(results_dir: Path) -> list[dict]:
+RECORD_FIELDS = {"key": str, "train_key": str, "dataset": str, "method": str, "sampler": str, "seed": int,
+                 "status": str, "metrics": dict}
+
+
+def load_record(path: Path) -> dict:
+    """One record, checked for the fields every reader relies on; ValueError names what is wrong."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not a readable JSON file ({err})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    for name, kind in RECORD_FIELDS.items():
+        if not isinstance(record.get(name), kind):
+            raise ValueError(f"field {name!r} is missing or not a {kind.__name__}")
+    return record
+
+
+def read_records(results_dir: Path, warn: Any = None) -> list[dict]:
+    """Every readable record of ``results_dir``. An unreadable one (truncated, garbage, wrong
+    shape) is skipped with a warning that names the file: the tables, claims and reports
+    of the rest stand, and a resumed run redoes the skipped one (it is not finished)."""
+    import sys
+
     records = []
     for path in sorted((results_dir / "records").glob("*.json")):
-        with path.open(encoding="utf-8") as f:
-            records.append(json.load(f))
+        try:
+            records.append(load_record(path))
+        except ValueError as err:
+            (warn or (lambda text: print(text, file=sys.stderr)))(f"warning: skipped unreadable record {path}: {err}")
     return records
+
+
+def read_suite(results_dir: Path) -> dict | None:
+    """The resolved suite stored in ``results_dir/suite.json``; None (with a warning naming
+    the file) when it is missing or unreadable."""
+    import sys
+
+    path = results_dir / "suite.json"
+    if not path.is_file():
+        return None
+    try:
+        suite = json.loads(path.read_text(encoding="utf-8"))["suite"]
+        if not isinstance(suite, dict):
+            raise TypeError("'suite' is not an object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        print(f"warning: ignored unreadable {path}: {err}", file=sys.stderr)
+        return None
+    return suite
 
 
 def rekey_records(results_dir: Path) -> int:
@@ -94,8 +137,12 @@ def rekey_records(results_dir: Path) -> int:
 
     changed = 0
     for path in sorted((results_dir / "records").glob("*.json")):
-        record = json.loads(path.read_text())
-        key = record_key(record["train_key"], record["spec"])
+        try:
+            record = load_record(path)
+            key = record_key(record["train_key"], record["spec"])
+        except (ValueError, KeyError, TypeError) as err:
+            print(f"warning: not re-keyed, unreadable record {path}: {err}", file=__import__("sys").stderr)
+            continue
         if key == record["key"]:
             continue
         label = f"{record['dataset']}/{record['method']}/{record['sampler']}/seed{record['seed']}"
@@ -108,7 +155,14 @@ def rekey_records(results_dir: Path) -> int:
 def stale_records(results_dir: Path, keys: set[str]) -> list[Path]:
     """Record files whose key is not in ``keys`` (the current plan's): left by an older
     version of the suite's specs, they would otherwise be averaged with the current ones."""
-    return [p for p in sorted((results_dir / "records").glob("*.json")) if json.loads(p.read_text())["key"] not in keys]
+    stale = []
+    for path in sorted((results_dir / "records").glob("*.json")):
+        try:
+            if load_record(path)["key"] not in keys:
+                stale.append(path)
+        except ValueError:
+            continue  # unreadable: read_records warns about it; a rerun overwrites it
+    return stale
 
 
 def final_keys(results_dir: Path) -> set[str]:

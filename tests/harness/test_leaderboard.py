@@ -88,3 +88,31 @@ def test_a_seed_that_did_not_finish_shows_in_the_seeds_column():
     (row,) = table.rows
     assert row.seeds_text == "2/3" and row.cells["w2"].mean == 2.0 and row.cells["w2"].n == 2
     assert "| 2/3 " in render([table], "markdown")
+
+
+def test_unreadable_records_are_skipped_with_their_file_named(tmp_path, capsys):
+    """Garbage, a truncated file, the wrong shape or missing fields: the file is named in
+    a warning, the tables of the other records stand, and a resume redoes it."""
+    import json
+
+    from harness.leaderboard import leaderboard
+    from harness.results import final_keys
+
+    records = tmp_path / "records"
+    records.mkdir()
+    good = {"key": "k1", "train_key": "t1", "dataset": "moons", "method": "a", "sampler": "euler-1", "seed": 0,
+            "status": "ok", "metrics": {"w2": 0.5}}
+    (records / "good.json").write_text(json.dumps(good))
+    (records / "garbage.json").write_bytes(b"\x00\xffnot json")
+    (records / "truncated.json").write_text(json.dumps(good)[:40])
+    (records / "list.json").write_text("[1, 2]")
+    (records / "missing.json").write_text(json.dumps({k: v for k, v in good.items() if k != "status"}))
+    (tmp_path / "suite.json").write_text("{broken")
+    text = leaderboard(tmp_path)
+    err = capsys.readouterr().err
+    assert "| a " in text and "0.5" in text
+    for name, why in [("garbage", "not a readable JSON file"), ("truncated", "not a readable JSON file"),
+                      ("list", "expected a JSON object, got list"), ("missing", "field 'status' is missing")]:
+        assert f"warning: skipped unreadable record {records / name}.json: {why}" in err
+    assert f"warning: ignored unreadable {tmp_path / 'suite.json'}" in err
+    assert final_keys(tmp_path) == {"k1"}
