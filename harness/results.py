@@ -4,10 +4,12 @@ a loader that turns a directory of records into one pandas DataFrame.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,37 @@ def write_atomic(path: Path, write: Any) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def lock_results(results_dir: Path) -> Iterator[None]:
+    """Hold ``results_dir/.lock`` for one run: a second run on the same directory is refused
+    at once (it would redo the same work and clear the first one's temporary files). The
+    kernel releases the lock when the holder dies, however it dies."""
+    import fcntl
+
+    from harness.errors import SpecError
+
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(results_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+    except OSError as err:
+        raise SpecError(f"--results {results_dir}: cannot write there ({err.strerror or err})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            raise SpecError(f"--results {results_dir}: another flowgauge run (pid {owner}) is using it; "
+                            "wait for it to finish or give another --results") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def remove_leftovers(results_dir: Path) -> int:

@@ -32,7 +32,15 @@ from harness.interfaces import Batch
 from harness.measure import NFECounter, PeakMemory, time_calls
 from harness.metrics import EvalContext, Trajectory
 from harness.plan import EvalJob, RunPlan, TrainJob, canonical, spec_hash
-from harness.results import RECORD_SCHEMA, final_keys, record_path, remove_leftovers, write_atomic, write_json_atomic
+from harness.results import (
+    RECORD_SCHEMA,
+    final_keys,
+    lock_results,
+    record_path,
+    remove_leftovers,
+    write_atomic,
+    write_json_atomic,
+)
 from harness.seeding import generator, seed_everything, stream_seed
 from harness.spec import HardwareSpec
 
@@ -501,8 +509,12 @@ class Runner:
         return self.results_dir / "models" / f"{key}.pt"
 
     def run(self, plan: RunPlan, workers: int = 1) -> Summary:
+        with lock_results(self.results_dir):
+            return self._run(plan, workers)
+
+    def _run(self, plan: RunPlan, workers: int) -> Summary:
         summary = Summary()
-        remove_leftovers(self.results_dir)
+        remove_leftovers(self.results_dir)  # safe: the lock says no other run owns them
         write_json_atomic(self.results_dir / "suite.json", {"schema": RECORD_SCHEMA, "suite": canonical(plan.suite)})
         done = final_keys(self.results_dir)
         pending = {job.key: [e for e in plan.evals[job.key] if e.key not in done] for job in plan.trainings}

@@ -116,3 +116,20 @@ def test_unreadable_records_are_skipped_with_their_file_named(tmp_path, capsys):
         assert f"warning: skipped unreadable record {records / name}.json: {why}" in err
     assert f"warning: ignored unreadable {tmp_path / 'suite.json'}" in err
     assert final_keys(tmp_path) == {"k1"}
+
+
+def test_a_second_run_on_the_same_results_is_refused(tmp_path, capsys):
+    """Two runs on one directory would both redo the work and clear each other's temporary
+    files: the second is refused with exit 2 while the first holds the lock."""
+    from harness.cli import main
+    from harness.results import lock_results
+    from tests.conftest import SPECS, TINY
+
+    out = tmp_path / "r"
+    sets = [x for o in [*TINY, "datasets=[moons]", "methods=[icfm]", "samplers=[euler-1]"] for x in ("--set", o)]
+    with lock_results(out):
+        assert main(["--specs", str(SPECS), "run", "quickstart", "--results", str(out), "--no-progress", *sets]) == 2
+        err = capsys.readouterr().err
+        assert f"--results {out}: another flowgauge run (pid {__import__('os').getpid()}) is using it" in err
+        assert not (out / "records").exists()
+    assert main(["--specs", str(SPECS), "run", "quickstart", "--results", str(out), "--no-progress", *sets]) == 0
