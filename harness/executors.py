@@ -7,10 +7,11 @@ which order those units run; every unit writes its own records atomically, so an
 executor can be interrupted and resumed by the inline one, and the other way round.
 
 - ``inline``: one after another in this process (the default).
-- ``process``: up to N worker processes on this machine (``--workers N``). A student waits
-  for its teacher's unit to finish (the plan is a DAG); units that do not depend on each
-  other run side by side. Workers are started with ``spawn``, so each has a fresh torch
-  and applies its run's hardware settings (threads, determinism) itself.
+- ``process``: up to N worker processes on this machine (``--workers N``), a fresh one per
+  unit. A student waits for its teacher's unit to finish (the plan is a DAG); units that
+  do not depend on each other run side by side. Workers are started with ``spawn``, so
+  each has a fresh torch and applies its run's hardware settings (threads, determinism)
+  itself; they die with their driver, and one that dies alone fails only its unit.
 
 Timings taken while other units run on the same machine share its cores and memory
 bandwidth; records say how many units ran at once (``environment.concurrent_runs``) so
@@ -21,11 +22,13 @@ CPU runs are bitwise reproducible across processes.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.process
 import os
 import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any
 
 from harness.plan import EvalJob, TrainJob
 
@@ -65,45 +68,82 @@ def _run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], concurrenc
     return summary.counts
 
 
+def _unit_main(conn: Connection, parent: int, results_dir: Path, job: TrainJob, evals: list[EvalJob],
+               concurrency: int) -> None:
+    """A worker process: one unit, its counts sent back through ``conn``."""
+    _worker_init(parent)
+    conn.send(_run_unit(results_dir, job, evals, concurrency))
+    conn.close()
+
+
+def _died(process: multiprocessing.process.BaseProcess) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = " (the system may have run out of memory)" if -code == signal.SIGKILL else ""
+        return f"the worker process was killed by {name}{hint}"
+    return f"the worker process exited with status {code} before reporting"
+
+
+def _record_failure(results_dir: Path, job: TrainJob, evals: list[EvalJob], why: str, concurrency: int) -> Counts:
+    from harness.runner import Runner
+
+    runner = Runner(results_dir, progress=False, concurrency=concurrency)
+    for e in evals:
+        runner._write(e, "failed", {}, {}, {}, error=f"WorkerDied: {why}")
+    return {"failed": len(evals)} if evals else {}
+
+
 def run_in_processes(results_dir: Path, jobs: Sequence[TrainJob], pending: dict[str, list[EvalJob]],
                      workers: int, on_done: Callable[[TrainJob, Counts], None]) -> None:
     """Run ``jobs`` (teachers before their students, as the plan orders them) in up to
-    ``workers`` processes; ``on_done`` is called in this process as each unit finishes."""
+    ``workers`` processes, one fresh process per unit; ``on_done`` is called in this
+    process as each unit finishes. A worker that dies (killed by the system for memory,
+    say) fails its own unit, recorded with the cause, and the suite goes on; its students
+    then fail for want of its model."""
+    context = multiprocessing.get_context("spawn")
     workers = min(workers, len(jobs))
     keys = {job.key for job in jobs}
     finished: set[str] = set()
     waiting = list(jobs)
-    running: dict[Future, TrainJob] = {}
+    running: dict[Any, tuple[multiprocessing.process.BaseProcess, Connection, TrainJob]] = {}
 
     def ready(job: TrainJob) -> bool:
         teacher = job.teacher
         return teacher is None or teacher.key not in keys or teacher.key in finished
 
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(os.getpid(),))
     try:
         while waiting or running:
             for job in [j for j in waiting if ready(j)]:
                 if len(running) >= workers:
                     break
                 waiting.remove(job)
-                running[pool.submit(_run_unit, results_dir, job, pending[job.key], workers)] = job
+                receive, send = context.Pipe(duplex=False)
+                process = context.Process(target=_unit_main, name=f"flowgauge {job.label}",
+                                          args=(send, os.getpid(), results_dir, job, pending[job.key], workers))
+                process.start()
+                send.close()  # the child holds the only writer: EOF when it dies
+                running[process.sentinel] = (process, receive, job)
             if not running:
                 raise RuntimeError("no runnable training: the plan's teacher order is broken")
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                job = running.pop(future)
+            for sentinel in wait(list(running)):
+                process, receive, job = running.pop(sentinel)
+                try:
+                    counts = receive.recv() if receive.poll() else None
+                except EOFError:
+                    counts = None
+                receive.close()
+                process.join()
+                if counts is None:
+                    counts = _record_failure(results_dir, job, pending[job.key], _died(process), workers)
                 finished.add(job.key)
-                on_done(job, future.result())
+                on_done(job, counts)
     except BaseException:
-        # Interrupted (or a worker died): stop everything now. Finished units have written
-        # their records; the ones cut short are redone by the next run.
-        terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
-        if terminate is not None:
-            terminate()
-        else:  # earlier versions have no public way to stop a running worker
-            for process in list((pool._processes or {}).values()):
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        # Interrupted: stop every worker now. Finished units have written their records;
+        # the ones cut short are redone by the next run.
+        for process, receive, _ in running.values():
+            process.terminate()
+        for process, receive, _ in running.values():
+            process.join()
+            receive.close()
         raise
-    pool.shutdown(wait=True)

@@ -129,3 +129,32 @@ def test_workers_die_with_their_driver(tmp_path, how):
     while any(_alive(w) for w in workers):
         assert time.monotonic() < deadline, f"orphaned workers: {[w for w in workers if _alive(w)]}"
         time.sleep(0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_worker_killed_by_the_system_fails_its_unit_and_the_suite_goes_on(tmp_path):
+    """What the OOM killer does: SIGKILL one worker. Its unit is recorded failed with the
+    cause, the other units finish ok, the run exits 1, and a rerun redoes only that unit."""
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "harness.cli", "run", "quickstart", "--results", str(out), "--no-progress",
+            "--workers", "2", "--set", "budget.train.steps=1500", "--set", "budget.eval.num_samples=256",
+            "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]"]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_workers(proc.pid)) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.2)
+    time.sleep(2)
+    victim = min(_workers(proc.pid))
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    records = read_records(out)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(records) == 3 and len(failed) == 1, [(r["method"], r["status"]) for r in records]
+    assert "killed by SIGKILL (the system may have run out of memory)" in failed[0]["error"]
+    rerun = subprocess.run(args, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "2 cached, 1 ok" in rerun.stderr, rerun.stderr
