@@ -18,6 +18,11 @@ from harness.errors import Loc, SpecError
 
 KeyPath = tuple[str | int, ...]
 
+# Bounds on what a spec file may expand to: YAML aliases can make a 600-byte file stand for
+# gigabytes ("billion laughs"), and deep nesting exhausts the parser's recursion.
+MAX_NODES = 100_000  # scalars, mappings and sequences, every alias expanded
+MAX_DEPTH = 64
+
 
 @dataclass
 class Source:
@@ -64,8 +69,10 @@ def parse_yaml(text: str, name: str) -> Source:
         if node is None:
             raise SpecError("the file is empty", Loc(name, 1))
         locs: dict[KeyPath, Loc] = {}
-        _index(node, (), name, locs)
+        _index(node, (), name, locs, [0])
         data = loader.construct_document(node)
+    except RecursionError:
+        raise SpecError(f"nested too deeply (a spec is at most {MAX_DEPTH} levels deep)", Loc(name, 0)) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else 0
@@ -96,8 +103,14 @@ def load_yaml(path: Path) -> Source:
     return parse_yaml(text, name)
 
 
-def _index(node: yaml.Node, path: KeyPath, name: str, locs: dict[KeyPath, Loc]) -> None:
-    locs.setdefault(path, Loc(name, node.start_mark.line + 1))
+def _index(node: yaml.Node, path: KeyPath, name: str, locs: dict[KeyPath, Loc], count: list[int]) -> None:
+    line = node.start_mark.line + 1
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise SpecError(f"too large: more than {MAX_NODES} values once its aliases are expanded", Loc(name, line))
+    if len(path) > MAX_DEPTH:
+        raise SpecError(f"nested too deeply (a spec is at most {MAX_DEPTH} levels deep)", Loc(name, line))
+    locs.setdefault(path, Loc(name, line))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -111,7 +124,7 @@ def _index(node: yaml.Node, path: KeyPath, name: str, locs: dict[KeyPath, Loc]) 
                 )
             seen[key] = line
             locs[(*path, key)] = Loc(name, line)
-            _index(value_node, (*path, key), name, locs)
+            _index(value_node, (*path, key), name, locs, count)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index(item, (*path, i), name, locs)
+            _index(item, (*path, i), name, locs, count)

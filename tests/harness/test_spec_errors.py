@@ -229,3 +229,33 @@ def test_a_folder_or_a_non_utf8_file_is_named_with_its_line(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.endswith("bad.yaml:3: not UTF-8 text (byte 0xe9); save the spec as UTF-8"), err
+
+
+def _bomb(levels: int) -> str:
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, message, line", [
+    (_bomb(9), "too large: more than 100000 values once its aliases are expanded", None),
+    ("x: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply", None),
+    ("x:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(70)) + "  " * 71 + "v: 1\n", "nested too deeply", 66),
+])
+def test_alias_bombs_and_deep_nesting_are_refused_before_they_expand(tmp_path, capsys, text, message, line):
+    """A 600-byte alias bomb stands for 9^9 strings; it is refused while its nodes are
+    counted, in a fraction of a second, as is nesting past 64 levels."""
+    import time
+
+    from harness.cli import main
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    start = time.perf_counter()
+    assert main(["validate", str(path)]) == 2
+    assert time.perf_counter() - start < 10
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    if line is not None:
+        assert f"bomb.yaml:{line}: " in err
