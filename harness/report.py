@@ -116,8 +116,9 @@ def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int 
 
     chosen: dict[tuple[str, str, str], dict] = {}
     for r in records:
-        if r.get("status") != "ok" or not (r.get("artefacts") or {}).get("points"):
-            continue
+        points = (r.get("artefacts") or {}).get("points")
+        if r.get("status") != "ok" or not points or not (results_dir / points).is_file():
+            continue  # samples/ is not committed: a fresh clone draws what it has
         slot = (r["dataset"], r["sampler"], r["method"])
         if slot not in chosen or r["seed"] < chosen[slot]["seed"]:
             chosen[slot] = r
