@@ -50,3 +50,12 @@ def test_report_writes_markdown_and_plots(tmp_path):
     assert "![w2 by method and seed](w2_by_method.png)" in report and "(samples.png)" in report
     for png in ("quality_vs_cost.png", "loss_curves.png", "w2_by_method.png", "samples.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A fresh clone has the records but not samples/ (not committed): the rest of the report stands.
+    import shutil
+
+    shutil.rmtree(out / "samples")
+    (out / "report" / "samples.png").unlink()
+    result = run_cli("report", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "(samples.png)" not in (out / "report" / "report.md").read_text()
+    assert (out / "report" / "w2_by_method.png").is_file()
