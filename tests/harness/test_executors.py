@@ -101,6 +101,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _start_with_two_workers(args: list[str], env: dict) -> subprocess.Popen:
+    """Start a ``--workers 2`` run and return once both of its workers are alive."""
+    proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(_workers(proc.pid)) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.2)
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
@@ -111,12 +122,7 @@ def test_workers_die_with_their_driver(tmp_path, how):
     args = [sys.executable, "-m", "harness.cli", "run", "quickstart", "--results", str(out), "--no-progress",
             "--workers", "2", "--set", "budget.train.steps=100000", "--set", "samplers=[euler-1]"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while len(_workers(proc.pid)) < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "workers did not start"
-        time.sleep(0.2)
+    proc = _start_with_two_workers(args, env)
     time.sleep(3)  # let them import torch and start training
     workers = _workers(proc.pid)
     assert len(workers) == 2
@@ -141,12 +147,7 @@ def test_a_worker_killed_by_the_system_fails_its_unit_and_the_suite_goes_on(tmp_
             "--workers", "2", "--set", "budget.train.steps=1500", "--set", "budget.eval.num_samples=256",
             "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while len(_workers(proc.pid)) < 2:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "workers did not start"
-        time.sleep(0.2)
+    proc = _start_with_two_workers(args, env)
     time.sleep(2)
     victim = min(_workers(proc.pid))
     os.kill(victim, signal.SIGKILL)
