@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,26 +130,22 @@ def load_record(path: Path) -> dict:
     return record
 
 
-def read_records(results_dir: Path, warn: Any = None) -> list[dict]:
+def read_records(results_dir: Path) -> list[dict]:
     """Every readable record of ``results_dir``. An unreadable one (truncated, garbage, wrong
     shape) is skipped with a warning that names the file: the tables, claims and reports
     of the rest stand, and a resumed run redoes the skipped one (it is not finished)."""
-    import sys
-
     records = []
     for path in sorted((results_dir / "records").glob("*.json")):
         try:
             records.append(load_record(path))
         except ValueError as err:
-            (warn or (lambda text: print(text, file=sys.stderr)))(f"warning: skipped unreadable record {path}: {err}")
+            print(f"warning: skipped unreadable record {path}: {err}", file=sys.stderr)
     return records
 
 
 def read_suite(results_dir: Path) -> dict | None:
     """The resolved suite stored in ``results_dir/suite.json``; None (with a warning naming
     the file) when it is missing or unreadable."""
-    import sys
-
     path = results_dir / "suite.json"
     if not path.is_file():
         return None
@@ -174,7 +171,7 @@ def rekey_records(results_dir: Path) -> int:
             record = load_record(path)
             key = record_key(record["train_key"], record["spec"])
         except (ValueError, KeyError, TypeError) as err:
-            print(f"warning: not re-keyed, unreadable record {path}: {err}", file=__import__("sys").stderr)
+            print(f"warning: not re-keyed, unreadable record {path}: {err}", file=sys.stderr)
             continue
         if key == record["key"]:
             continue
