@@ -3,13 +3,15 @@ harness and the implementations. Heavy imports (torch) happen inside the command
 ``flowgauge --help`` returns at once.
 
 Exit status: 0 success; 1 a run failed (a harness or implementation error, recorded);
-2 bad input (spec errors, unknown names, bad arguments); 3 ``claims --strict`` found a claim
+2 bad input (spec errors, unknown names, bad arguments) or a results folder that cannot be
+written (full disk, read-only, a file); 3 ``claims --strict`` found a claim
 not reproduced; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -252,7 +254,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from harness.errors import SpecError
+    from harness.errors import SpecError, StorageError
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -260,6 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as err:
         print(f"error: {err}" if err.loc is None else str(err), file=sys.stderr)
         return EXIT_USER_ERROR
+    except StorageError as err:
+        resume = "; finished records are kept: free space or fix the folder, then rerun to resume"
+        print(f"error: {err}{resume if args.command == 'run' else ''}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:
+        # The reader went away (``flowgauge ... | head``): nothing more to say, and Python's
+        # own flush at exit must not fail again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt as err:
         what = "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted"
         print(f"{what}; finished records are kept, rerun to resume", file=sys.stderr)

@@ -33,3 +33,9 @@ class UnknownNameError(SpecError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return SpecError.__str__(self)
+
+
+class StorageError(Exception):
+    """The results directory cannot take a write (full disk, read-only, not a folder, no
+    permission). Not a run's failure: the suite stops, finished records are kept, and the
+    CLI prints one line and exits 2."""

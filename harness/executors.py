@@ -30,9 +30,11 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from harness.errors import StorageError
 from harness.plan import EvalJob, TrainJob
 
 Counts = dict[str, int]
+STORAGE_ERROR = "storage error"  # a worker's report that the results folder cannot be written
 
 
 def _die_with(parent: int) -> None:
@@ -70,9 +72,13 @@ def _run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], concurrenc
 
 def _unit_main(conn: Connection, parent: int, results_dir: Path, job: TrainJob, evals: list[EvalJob],
                concurrency: int) -> None:
-    """A worker process: one unit, its counts sent back through ``conn``."""
+    """A worker process: one unit, its counts sent back through ``conn`` (or the message
+    of a :class:`StorageError`, which stops the whole suite)."""
     _worker_init(parent)
-    conn.send(_run_unit(results_dir, job, evals, concurrency))
+    try:
+        conn.send(_run_unit(results_dir, job, evals, concurrency))
+    except StorageError as err:
+        conn.send({STORAGE_ERROR: str(err)})
     conn.close()
 
 
@@ -136,6 +142,8 @@ def run_in_processes(results_dir: Path, jobs: Sequence[TrainJob], pending: dict[
                 process.join()
                 if counts is None:
                     counts = _record_failure(results_dir, job, pending[job.key], _died(process), workers)
+                elif STORAGE_ERROR in counts:
+                    raise StorageError(str(counts[STORAGE_ERROR]))
                 finished.add(job.key)
                 on_done(job, counts)
     except BaseException:

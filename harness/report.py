@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.leaderboard import badness, header, leaderboard, leaderboard_options
-from harness.results import read_records, records_frame
+from harness.results import read_records, records_frame, write_atomic
 
 
 def _pyplot():
@@ -56,8 +56,7 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path) -> Pat
     ncol = min(len(methods), 2 * cols)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8)
     fig.tight_layout(rect=(0, 0.04 * math.ceil(len(methods) / ncol) + 0.02, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
     return path
 
 
@@ -94,8 +93,7 @@ def plot_by_method(frame: Any, metric: str, path: Path) -> Path | None:
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
     return path
 
 
@@ -158,8 +156,7 @@ def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int 
             a.set_xticks([])
             a.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
     return path
 
 
@@ -192,15 +189,13 @@ def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
     return path
 
 
 def write_report(results_dir: Path, out: Path | None = None) -> Path:
     """Write ``report.md`` with its plots into ``out`` (default RESULTS_DIR/report)."""
     out = out or results_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
     records = read_records(results_dir)
     frame = records_frame(records)
     metrics, rank_by, _ = leaderboard_options(results_dir)
@@ -215,5 +210,14 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
     if plot_loss_curves(records, out / "loss_curves.png"):
         parts.append("![training loss](loss_curves.png)")
     path = out / "report.md"
-    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    text = "\n\n".join(parts) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
     return path
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    """Write a figure atomically (a full disk is a StorageError naming the file) and close it."""
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        _pyplot().close(fig)

@@ -17,6 +17,7 @@ import yaml
 from harness import registry as reg
 from harness.claims import Claim, parse_relation
 from harness.errors import Loc, SpecError
+from harness.limits import MAX_RUNS
 from harness.registry import did_you_mean
 from harness.source import KeyPath, Source, display_path, load_yaml
 from harness.spec import (
@@ -334,6 +335,10 @@ class Resolver:
         self._check_leaderboard(raw, metrics, source)
         if len(set(raw.seeds)) != len(raw.seeds):
             raise SpecError(f"seeds: duplicate seed in {raw.seeds}", source.loc(("seeds",)))
+        runs = len(raw.seeds) * len(resolved["datasets"]) * len(resolved["methods"]) * len(resolved["samplers"])
+        if runs > MAX_RUNS:
+            raise SpecError(f"{runs} evaluations (seeds x datasets x methods x samplers) is more than a suite may "
+                            f"hold ({MAX_RUNS}); split it into several suites", source.loc())
         claims = self._claims(raw.claims, source, methods=[m.name for m in resolved["methods"]])
         return SuiteSpec(
             claims=claims,
@@ -393,6 +398,8 @@ class Resolver:
         if kind == "suites":
             return Resolver(_root_of(path) or self.root, self.overrides).suite(str(path))
         source = self.load_file(kind, path)
+        for ov in self.overrides:  # keys are relative to this file
+            apply_override(source, ov.path, ov.value, ov.loc)
         return self.resolve_source(kind, source)
 
 

@@ -5,6 +5,8 @@ a loader that turns a directory of records into one pandas DataFrame.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
@@ -46,38 +48,62 @@ def write_atomic(path: Path, write: Any) -> None:
     then rename it over ``path``: concurrent writers of one path (two worker processes
     caching the same teacher pairs) never share a temporary file, and a reader never sees
     a half-written one. A process killed midway leaves only a ``.*.tmp`` file, which
-    :func:`remove_leftovers` clears."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    :func:`remove_leftovers` clears.
+
+    Any ``OSError`` (a full disk, a read-only or missing folder) is raised as a
+    :class:`~harness.errors.StorageError` that names ``path``; the old file is intact."""
+    from harness.errors import StorageError
+
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as err:
+        raise StorageError(f"cannot write {path}: {err.strerror or err}") from err
     finally:
-        os.close(dir_fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _open_lock(results_dir: Path) -> Any:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    return open(results_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
 
 
 @contextlib.contextmanager
-def lock_results(results_dir: Path) -> Iterator[None]:
+def lock_results(results_dir: Path) -> Iterator[bool]:
     """Hold ``results_dir/.lock`` for one run: a second run on the same directory is refused
     at once (it would redo the same work and clear the first one's temporary files). The
-    kernel releases the lock when the holder dies, however it dies."""
-    import fcntl
+    kernel releases the lock when the holder dies, however it dies.
 
+    Yields whether the directory can be written. An existing directory that cannot
+    (read-only, no permission) yields False without a lock: nobody can write there, and a
+    run whose every record is finished may still read it and print its tables."""
     from harness.errors import SpecError
 
+    if results_dir.exists() and not results_dir.is_dir():
+        raise SpecError(f"--results {results_dir}: is a file, not a folder")
     try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(results_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+        handle = _open_lock(results_dir)
     except OSError as err:
+        if results_dir.is_dir() and err.errno in READ_ONLY_ERRNOS:
+            yield False
+            return
         raise SpecError(f"--results {results_dir}: cannot write there ({err.strerror or err})") from None
     try:
         try:
@@ -91,7 +117,7 @@ def lock_results(results_dir: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        yield
+        yield True
     finally:
         handle.close()
 
@@ -143,9 +169,9 @@ def read_records(results_dir: Path) -> list[dict]:
     return records
 
 
-def read_suite(results_dir: Path) -> dict | None:
+def read_suite(results_dir: Path, quiet: bool = False) -> dict | None:
     """The resolved suite stored in ``results_dir/suite.json``; None (with a warning naming
-    the file) when it is missing or unreadable."""
+    the file, unless ``quiet``) when it is missing or unreadable."""
     path = results_dir / "suite.json"
     if not path.is_file():
         return None
@@ -154,7 +180,8 @@ def read_suite(results_dir: Path) -> dict | None:
         if not isinstance(suite, dict):
             raise TypeError("'suite' is not an object")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
-        print(f"warning: ignored unreadable {path}: {err}", file=sys.stderr)
+        if not quiet:
+            print(f"warning: ignored unreadable {path}: {err}", file=sys.stderr)
         return None
     return suite
 

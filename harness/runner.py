@@ -32,10 +32,13 @@ from harness.interfaces import Batch
 from harness.measure import NFECounter, PeakMemory, time_calls
 from harness.metrics import EvalContext, Trajectory
 from harness.plan import EvalJob, RunPlan, TrainJob, canonical, spec_hash
+from harness.errors import StorageError
 from harness.results import (
     RECORD_SCHEMA,
     final_keys,
+    json_safe,
     lock_results,
+    read_suite,
     record_path,
     remove_leftovers,
     write_atomic,
@@ -274,6 +277,9 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
           val_pairs: Pairs | None = None) -> TrainResult:
     """Train under the budget: stop at whichever of steps/seconds/samples/epochs comes first.
 
+    The seconds budget stops before a step that would end past it (by the mean step time so
+    far), so training wall time stays within it; the first step always runs.
+
     ``pairs``: a teacher's training pairs; ``val_pairs``: its held-out pairs, which early
     stopping then scores on (required when a run with a teacher stops early)."""
     budget, hw = job.budget, job.hardware
@@ -294,9 +300,15 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
             return "samples"
         if budget.epochs is not None and split_size and step * batch_size >= budget.epochs * split_size:
             return "epochs"
-        if budget.seconds is not None and elapsed >= budget.seconds:
+        if budget.seconds is not None and step and elapsed + step_time(step, elapsed) > budget.seconds:
             return "seconds"
         return None
+
+    def step_time(step: int, elapsed: float) -> float:
+        """The expected time of the next step: the mean after the first (which carries
+        warm-up and compilation), or the first when it is all there is."""
+        return (elapsed - first_step_s) / (step - 1) if step > 1 else first_step_s
+
 
     curve: list[tuple[int, float]] = []
     window = torch.zeros((), device=built.device, dtype=torch.float64)
@@ -349,7 +361,8 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
         # reported on its own and left out of the training time and the step rate.
         "wall_s": wall,
         "first_step_s": first_step_s,
-        "train_s": wall - (first_step_s or 0.0),
+        # None after a single step: there is no steady-state training to time.
+        "train_s": wall - first_step_s if step > 1 else None,
         "steps_per_s": (step - 1) / (wall - first_step_s) if step > 1 and wall > first_step_s else None,
         "stopped_by": stopped_by,
         "final_loss": curve[-1][1] if curve else None,
@@ -509,15 +522,27 @@ class Runner:
         return self.results_dir / "models" / f"{key}.pt"
 
     def run(self, plan: RunPlan, workers: int = 1) -> Summary:
-        with lock_results(self.results_dir):
-            return self._run(plan, workers)
+        with lock_results(self.results_dir) as writable:
+            return self._run(plan, workers, writable)
 
-    def _run(self, plan: RunPlan, workers: int) -> Summary:
+    def _run(self, plan: RunPlan, workers: int, writable: bool = True) -> Summary:
         summary = Summary()
-        remove_leftovers(self.results_dir)  # safe: the lock says no other run owns them
-        write_json_atomic(self.results_dir / "suite.json", {"schema": RECORD_SCHEMA, "suite": canonical(plan.suite)})
         done = final_keys(self.results_dir)
         pending = {job.key: [e for e in plan.evals[job.key] if e.key not in done] for job in plan.trainings}
+        # As suite.json will read back: JSON types only.
+        suite = {"schema": RECORD_SCHEMA, "suite": json.loads(json.dumps(json_safe(canonical(plan.suite)), default=str))}
+        if not writable:
+            todo = sum(len(evals) for evals in pending.values())
+            if todo:
+                raise StorageError(f"{self.results_dir} cannot be written (read-only or no permission) and "
+                                   f"{todo} evaluation(s) of this plan are not finished there")
+            if read_suite(self.results_dir) != suite["suite"]:
+                print(f"warning: {self.results_dir / 'suite.json'} is not this suite's and cannot be rewritten "
+                      "(read-only); the tables keep its options", file=sys.stderr)
+        else:
+            remove_leftovers(self.results_dir)  # safe: the lock says no other run owns them
+            if read_suite(self.results_dir, quiet=True) != suite["suite"]:
+                write_json_atomic(self.results_dir / "suite.json", suite)
         for job in plan.trainings:
             for _ in range(len(plan.evals[job.key]) - len(pending[job.key])):
                 summary.add("cached")
@@ -557,6 +582,8 @@ class Runner:
             seed_everything(job.seed)
             built = build(job, device)
             result = self._train_or_load(job, built)
+        except StorageError:
+            raise  # the results folder, not the run: nothing more can be written
         except Exception as err:  # noqa: BLE001 - a broken run is recorded; the suite goes on
             for e in evals:
                 self._write(e, "failed", {}, {}, {}, error=_error(err))
@@ -569,6 +596,8 @@ class Runner:
                 continue
             try:
                 status, metrics, measurements, points = evaluate(e, built, result.model, result.stats)
+            except StorageError:
+                raise
             except Exception as err:  # noqa: BLE001
                 self._write(e, "failed", {}, {}, result.stats, error=_error(err))
                 summary.add("failed")

@@ -18,15 +18,24 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
     ValidationError,
     model_validator,
 )
 
 from harness.claims import Claim
 from harness.errors import SpecError
+from harness.limits import (
+    MAX_LIST,
+    BatchSize,
+    Epochs,
+    Points,
+    Repeats,
+    Seconds,
+    Seed,
+    Steps,
+    Threads,
+    Warmup,
+)
 from harness.registry import did_you_mean
 from harness.source import KeyPath, Source
 
@@ -67,7 +76,7 @@ class TeacherSpec(StrictModel):
 
     method: str | dict[str, Any] | MethodSpec = Field(description="method spec name or inline spec")
     sampler: str | dict[str, Any] | SamplerSpec = Field("euler-100", description="how the teacher generates z_1")
-    num_pairs: PositiveInt = 10000
+    num_pairs: Points = 10000
     init: Literal["scratch", "teacher"] = Field("scratch", description="initialise from the teacher's weights")
 
 
@@ -81,7 +90,7 @@ class MethodSpec(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
     network: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam"})
-    batch_size: PositiveInt = 256
+    batch_size: BatchSize = 256
     teacher: TeacherSpec | None = None
     claims: list[Claim] = Field(default_factory=list, description="published results of this method")
 
@@ -111,11 +120,11 @@ class HardwareSpec(StrictModel):
     autocast: Literal["bfloat16", "float16"] | None = Field(
         None, description="mixed precision for network calls (CUDA); parameters stay in dtype"
     )
-    threads: PositiveInt | None = Field(None, description="torch intra-op threads; null keeps torch's default")
+    threads: Threads | None = Field(None, description="torch intra-op threads; null keeps torch's default")
     deterministic: bool = True
     compile: bool = Field(False, description="wrap the network in torch.compile")
-    prefetch_workers: NonNegativeInt = Field(
-        2, description="threads preparing costly batch pairings (e.g. exact OT) while the model steps; 0: inline"
+    prefetch_workers: int = Field(
+        2, ge=0, le=64, description="threads preparing costly batch pairings (e.g. exact OT) while the model steps; 0: inline"
     )
 
 
@@ -125,11 +134,11 @@ class HardwareSpec(StrictModel):
 class EarlyStopping(StrictModel):
     """Stop when the validation loss has not improved for ``patience`` checks."""
 
-    every_epochs: PositiveFloat | None = Field(None, description="check every so many epochs of the train split")
-    every_steps: PositiveInt | None = Field(None, description="check every so many steps")
-    patience: PositiveInt = 10
+    every_epochs: Epochs | None = Field(None, description="check every so many epochs of the train split")
+    every_steps: Steps | None = Field(None, description="check every so many steps")
+    patience: Steps = 10
     restore_best: bool = Field(True, description="end with the weights of the best check")
-    val_size: PositiveInt = Field(1000, description="validation pairs, drawn fresh from the dataset's generators")
+    val_size: Points = Field(1000, description="validation pairs, drawn fresh from the dataset's generators")
 
     @model_validator(mode="after")
     def _every(self) -> EarlyStopping:
@@ -141,11 +150,11 @@ class EarlyStopping(StrictModel):
 class TrainBudget(StrictModel):
     """Training stops at whichever limit is reached first. At least one must be given."""
 
-    steps: PositiveInt | None = None
-    seconds: PositiveFloat | None = None
-    samples: PositiveInt | None = None
-    epochs: PositiveFloat | None = Field(None, description="passes over a fixed train split")
-    log_every: PositiveInt = Field(50, description="loss-curve resolution and divergence-check interval")
+    steps: Steps | None = None
+    seconds: Seconds | None = None
+    samples: Annotated[int, Field(ge=1, le=2**62)] | None = None
+    epochs: Epochs | None = Field(None, description="passes over a fixed train split")
+    log_every: Steps = Field(50, description="loss-curve resolution and divergence-check interval")
     early_stopping: EarlyStopping | None = None
 
     @model_validator(mode="after")
@@ -156,9 +165,9 @@ class TrainBudget(StrictModel):
 
 
 class EvalBudget(StrictModel):
-    num_samples: PositiveInt = Field(2000, description="generated samples (and fresh reference samples)")
-    warmup: NonNegativeInt = Field(1, description="untimed sampling calls before timing")
-    repeats: PositiveInt = Field(5, description="timed sampling calls; latency is their median")
+    num_samples: Points = Field(2000, description="generated samples (and fresh reference samples)")
+    warmup: Warmup = Field(1, description="untimed sampling calls before timing")
+    repeats: Repeats = Field(5, description="timed sampling calls; latency is their median")
 
 
 class Budget(StrictModel):
@@ -186,12 +195,12 @@ class RawSuite(StrictModel):
     name: Name
     description: str = ""
     hardware: SpecRef = "cpu"
-    seeds: Annotated[list[int], Field(min_length=1)] = [0]
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=MAX_LIST)] = [0]
     budget: Budget
-    datasets: Annotated[list[SpecRef], Field(min_length=1)]
-    methods: Annotated[list[SpecRef], Field(min_length=1)]
-    samplers: Annotated[list[SpecRef], Field(min_length=1)]
-    metrics: Annotated[list[str | MetricSpec], Field(min_length=1)] = ["w2", "mmd", "nfe", "latency"]
+    datasets: Annotated[list[SpecRef], Field(min_length=1, max_length=MAX_LIST)]
+    methods: Annotated[list[SpecRef], Field(min_length=1, max_length=MAX_LIST)]
+    samplers: Annotated[list[SpecRef], Field(min_length=1, max_length=MAX_LIST)]
+    metrics: Annotated[list[str | MetricSpec], Field(min_length=1, max_length=MAX_LIST)] = ["w2", "mmd", "nfe", "latency"]
     leaderboard: LeaderboardSpec = LeaderboardSpec()
     claims: list[Claim] = Field(default_factory=list)
 

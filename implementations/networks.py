@@ -10,10 +10,10 @@ import math
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import PositiveInt
 from torch import Tensor, nn
 
 from harness.interfaces import Params
+from harness.limits import Depth, Width
 from harness.registry import NETWORKS
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -53,11 +53,11 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class MLPParams(Params):
-    width: PositiveInt = 64
-    depth: PositiveInt = 3  # hidden layers: TorchCFM's "3×64" MLP is depth 3, width 64
+    width: Width = 64
+    depth: Depth = 3  # hidden layers: TorchCFM's "3×64" MLP is depth 3, width 64
     activation: Literal[tuple(ACTIVATIONS)] = "selu"  # type: ignore[valid-type]
     time_embedding: Literal["concat", "sinusoidal"] = "concat"
-    time_embedding_dim: PositiveInt = 32  # sinusoidal only
+    time_embedding_dim: Width = 32  # sinusoidal only
 
 
 @NETWORKS.register("mlp")

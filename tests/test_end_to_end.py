@@ -121,7 +121,7 @@ def test_budget_stops_at_the_first_limit(tmp_path, train, stopped_by, steps):
     if steps is not None:
         assert record["train"]["steps"] == steps
     else:
-        assert 0.3 <= record["train"]["wall_s"] < 5
+        assert 0.15 <= record["train"]["wall_s"] <= 0.3  # stops before a step that would overrun
 
 
 def test_epoch_budget_over_a_fixed_train_split(tmp_path):

@@ -27,10 +27,11 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import PositiveFloat, PositiveInt
+from pydantic import PositiveFloat
 from torch import Tensor
 
 from harness.interfaces import Params
+from harness.limits import Iterations
 from harness.spec import named_union
 
 
@@ -93,7 +94,7 @@ class Sinkhorn(Coupling):
     name: Literal["sinkhorn"] = "sinkhorn"
     reg: PositiveFloat | None = None  # None: 2σ² of the method's path (SB-CFM)
     method: Literal["sinkhorn", "sinkhorn_log"] = "sinkhorn"
-    max_iter: PositiveInt = 1000
+    max_iter: Iterations = 1000
     tol: PositiveFloat = 1e-9
     marginal_tol: PositiveFloat = 1e-2  # relative error allowed on the column sums
     costly: ClassVar[bool] = True

@@ -24,15 +24,15 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import PositiveFloat, PositiveInt
 from torch import Tensor
 
-from harness.interfaces import Params, Solution, Velocity
+from harness.interfaces import Params, Solution, Velocity, added
+from harness.limits import SolverSteps, Tolerance
 from harness.registry import SOLVERS
 
 
 class FixedStepParams(Params):
-    steps: PositiveInt = 8
+    steps: SolverSteps = 8
 
 
 class FixedStepSolver:
@@ -118,17 +118,23 @@ class RK4(FixedStepSolver):
 
 
 class AdaptiveParams(Params):
-    atol: PositiveFloat = 1e-5
-    rtol: PositiveFloat = 1e-5
+    atol: Tolerance = 1e-5
+    rtol: Tolerance = 1e-5
+    # Accepted plus rejected steps allowed before the solve fails: a tolerance the field
+    # cannot meet would otherwise step forever.
+    max_steps: SolverSteps = added(10_000, added_in="issue 9")
 
 
 class _Field:
     """Adapts ``velocity(x, t)`` to torchdiffeq's ``f(t, y)`` and counts its steps
-    through torchdiffeq's step callbacks."""
+    through torchdiffeq's step callbacks; more than ``max_steps`` attempted steps is an
+    error (a tolerance the field cannot meet would otherwise step forever)."""
 
-    def __init__(self, velocity: Velocity, record: bool):
+    def __init__(self, velocity: Velocity, record: bool, max_steps: int | None = None, what: str = ""):
         self.velocity = velocity
         self.record = record
+        self.max_steps = max_steps
+        self.what = what
         self.accepted = 0
         self.rejected = 0
         self.times: list[float] = []
@@ -137,13 +143,20 @@ class _Field:
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         return self.velocity(y, t)
 
+    def _count(self) -> None:
+        if self.max_steps is not None and self.accepted + self.rejected >= self.max_steps:
+            raise RuntimeError(f"{self.what} gave up after {self.max_steps} steps (max_steps); "
+                               "loosen atol/rtol or raise max_steps")
+
     def callback_accept_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self._count()
         self.accepted += 1
         if self.record:
             self.times.append(float(t0))
             self.trajectory.append(y0)
 
     def callback_reject_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self._count()
         self.rejected += 1
 
 
@@ -166,7 +179,8 @@ class Dopri5:
               record: bool = False) -> Solution:
         from torchdiffeq import odeint
 
-        field = _Field(velocity, record)
+        p = self.params
+        field = _Field(velocity, record, p.max_steps, f"{self.method} (atol={p.atol:g}, rtol={p.rtol:g})")
         t = torch.tensor([t_0, t_1], dtype=x_0.dtype, device=x_0.device)
         # By default torchdiffeq steps past t_1 and interpolates back, which would evaluate a
         # network trained on t in [0, 1] outside that range; step_t makes it land on t_1.

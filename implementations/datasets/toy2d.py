@@ -34,10 +34,11 @@ import math
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
 from torch import Tensor
 
 from harness.interfaces import Params, added
+from harness.limits import Points
 from harness.registry import DATASETS
 from harness.spec import named_union
 
@@ -83,7 +84,7 @@ class Moons(Distribution2D):
     # With angles "grid": the grid's size. null: a grid of exactly n points per draw. A
     # number N: each draw takes n distinct points of one N-point grid at random, as the
     # TorchCFM runner does when it splits one make_moons(12 000) set 10 000 / 1 000 / 1 000.
-    grid_points: PositiveInt | None = added(None, added_in="issue 8", le=10_000_000)
+    grid_points: Points | None = added(None, added_in="issue 8")
 
     @model_validator(mode="after")
     def _grid_points_need_a_grid(self) -> Moons:
@@ -194,7 +195,7 @@ AnyDistribution2D = named_union(Normal, EightGaussians, Moons, Checkerboard, Spi
 class Toy2DParams(Params):
     source: AnyDistribution2D = Normal()
     target: AnyDistribution2D
-    train_size: PositiveInt | None = Field(
+    train_size: Points | None = Field(
         None, description="a fixed training split of this many target points; null: fresh samples every step"
     )
 

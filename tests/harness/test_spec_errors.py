@@ -123,8 +123,8 @@ def test_missing_suite_name_suggests(spec_root):
 
 
 @pytest.mark.parametrize("budget, message", [
-    ("{steps: -5}", "budget.train.steps: must be > 0, got -5"),
-    ("{steps: 0}", "budget.train.steps: must be > 0, got 0"),
+    ("{steps: -5}", "budget.train.steps: must be >= 1, got -5"),
+    ("{steps: 0}", "budget.train.steps: must be >= 1, got 0"),
     ("{}", "the training budget is empty"),
     ("{seconds: -1.5}", "budget.train.seconds: must be > 0, got -1.5"),
 ])
@@ -167,7 +167,7 @@ def test_validate_reports_the_same_errors(spec_root):
     path = write(spec_root / "methods" / "broken.yaml", "implementation: cfm\nbatch_size: -3\n")
     result = run_cli("validate", str(path))
     assert result.returncode == 2
-    assert "methods/broken.yaml:2: batch_size: must be > 0, got -3" in result.stderr
+    assert "methods/broken.yaml:2: batch_size: must be >= 1, got -3" in result.stderr
     assert "Traceback" not in result.stderr
 
 
