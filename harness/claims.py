@@ -84,7 +84,7 @@ class Claim(StrictModel):
     seeds: PositiveInt | None = Field(None, description="how many seeds the published value averages")
     tolerance: Tolerance | None = None
     relation: str | None = None
-    min_seeds: PositiveInt = Field(3, description="finished (ok) seeds each measured term needs for a verdict")
+    min_seeds: int = Field(3, strict=True, ge=1, le=1000, description="finished (ok) seeds each measured term needs for a verdict")
     differs: str | None = Field(None, description="how this suite's dataset or protocol differs from the "
                                                   "source's; such a claim is reported as not comparable")
 

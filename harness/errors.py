@@ -25,7 +25,15 @@ class SpecError(Exception):
         self.loc = loc
 
     def __str__(self) -> str:
-        return f"{self.loc}: {self.message}" if self.loc else self.message
+        return one_line(f"{self.loc}: {self.message}" if self.loc else self.message)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters (a newline in a key a user typed) escaped, so
+    that an error is always one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class UnknownNameError(SpecError, KeyError):

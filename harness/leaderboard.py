@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,12 +203,25 @@ def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
     """(metrics, rank_by, precision) from the suite that wrote ``results_dir``."""
     from harness.results import read_suite
 
+    from pydantic import ValidationError
+
+    from harness.spec import LeaderboardSpec
+
     suite = read_suite(results_dir)
-    if suite is not None:
-        lb = suite.get("leaderboard", {})
-        metrics = lb.get("columns") or [m["name"] for m in suite.get("metrics", [])]
-        return metrics, lb.get("rank_by", metrics[0]), lb.get("precision", 4)
-    return [], "w2", 4
+    if suite is None:
+        return [], "w2", 4
+    try:  # suite.json is data on disk, maybe edited or from an older flowgauge: checked as a spec is
+        lb = LeaderboardSpec.model_validate(suite.get("leaderboard") or {})
+        metrics = lb.columns or [m["name"] if isinstance(m, dict) else m for m in suite.get("metrics") or []]
+        if not all(isinstance(m, str) for m in metrics):
+            raise TypeError("metric names must be strings")
+    except (ValidationError, TypeError, KeyError, AttributeError) as err:
+        first = err.errors(include_url=False)[0] if isinstance(err, ValidationError) else None
+        why = f"{'.'.join(map(str, first['loc']))}: {first['msg']}" if first else str(err)
+        print(f"warning: ignored unusable leaderboard options in {results_dir / 'suite.json'} ({why}); "
+              "using the defaults", file=sys.stderr)
+        return [], "w2", 4
+    return metrics, lb.rank_by, lb.precision
 
 
 def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -> tuple[str, list]:

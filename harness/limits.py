@@ -6,7 +6,9 @@ or a run that never ends. Each bound is far above what any flowgauge suite uses 
 (and states what it protects); raise one here, in one place, when a real use needs it.
 
 The pydantic types below carry the bounds, so a field declared with one of them fails
-validation with a message such as ``Input should be less than or equal to 10000000``.
+validation with a message such as ``must be <= 10000000``. Their integers are strict: YAML's
+``true`` or ``10.5`` is not a step count (pydantic would read them as 1 and refuse 10.5
+only when it has a fraction).
 """
 
 from __future__ import annotations
@@ -30,17 +32,17 @@ MAX_RUNS = 100_000  # evaluations (trainings x samplers) in one suite
 MAX_THREADS = 1_024
 MIN_TOLERANCE = 1e-12  # adaptive solver tolerances: below this float64 cannot follow
 
-Points = Annotated[int, Field(ge=1, le=MAX_POINTS)]
-BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
-Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Points = Annotated[int, Field(strict=True, ge=1, le=MAX_POINTS)]
+BatchSize = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH)]
+Steps = Annotated[int, Field(strict=True, ge=1, le=MAX_STEPS)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 Epochs = Annotated[float, Field(gt=0, le=MAX_EPOCHS)]
-SolverSteps = Annotated[int, Field(ge=1, le=MAX_SOLVER_STEPS)]
-Repeats = Annotated[int, Field(ge=1, le=MAX_REPEATS)]
-Warmup = Annotated[int, Field(ge=0, le=MAX_REPEATS)]
-Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
-Depth = Annotated[int, Field(ge=1, le=MAX_DEPTH)]
-Iterations = Annotated[int, Field(ge=1, le=MAX_ITER)]
-Threads = Annotated[int, Field(ge=1, le=MAX_THREADS)]
+SolverSteps = Annotated[int, Field(strict=True, ge=1, le=MAX_SOLVER_STEPS)]
+Repeats = Annotated[int, Field(strict=True, ge=1, le=MAX_REPEATS)]
+Warmup = Annotated[int, Field(strict=True, ge=0, le=MAX_REPEATS)]
+Width = Annotated[int, Field(strict=True, ge=1, le=MAX_WIDTH)]
+Depth = Annotated[int, Field(strict=True, ge=1, le=MAX_DEPTH)]
+Iterations = Annotated[int, Field(strict=True, ge=1, le=MAX_ITER)]
+Threads = Annotated[int, Field(strict=True, ge=1, le=MAX_THREADS)]
 Tolerance = Annotated[float, Field(ge=MIN_TOLERANCE, le=1.0)]
-Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Seed = Annotated[int, Field(strict=True, ge=0, lt=2**63)]

@@ -255,7 +255,7 @@ class FlowGrid(NoParams):
     record is for (a sampler's own steps would score any one-step sampler straightness 0,
     and a coarse grid a lower bound)."""
 
-    steps: int = Field(100, ge=1, le=100_000, description="uniform Euler steps of the grid")
+    steps: int = Field(100, strict=True, ge=1, le=100_000, description="uniform Euler steps of the grid")
 
 
 def _flow(ctx: EvalContext, params: FlowGrid) -> Trajectory | None:

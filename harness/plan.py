@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from harness.spec import (
@@ -27,8 +28,23 @@ from harness.spec import (
 DESCRIPTIVE = {"name", "description", "paper", "claims"}
 
 
+_CANONICAL: dict[int, tuple[Any, Any]] = {}  # id(frozen spec) -> (the spec, kept alive; its value)
+
+
 def canonical(obj: Any) -> Any:
-    """A JSON value with sorted keys: pydantic models dumped, defaults filled in."""
+    """A JSON value with sorted keys: pydantic models dumped, defaults filled in.
+
+    Specs are frozen, so a spec's value is computed once (a suite of thousands of runs
+    asks for the same dataset's value thousands of times); callers must not modify it."""
+    if hasattr(obj, "model_dump") and obj.model_config.get("frozen"):
+        hit = _CANONICAL.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        value = json.loads(json.dumps(obj.model_dump(mode="json"), sort_keys=True))
+        if len(_CANONICAL) > 10_000:
+            _CANONICAL.clear()
+        _CANONICAL[id(obj)] = (obj, value)
+        return value
     if hasattr(obj, "model_dump"):
         obj = obj.model_dump(mode="json")
     return json.loads(json.dumps(obj, sort_keys=True))
@@ -51,7 +67,7 @@ class TrainJob:
     hardware: HardwareSpec
     budget: TrainBudget
 
-    @property
+    @cached_property  # frozen: computed once (a large suite asks for keys many times)
     def spec(self) -> dict:
         """The canonical training part: everything that changes the trained weights."""
         return {
@@ -62,7 +78,7 @@ class TrainJob:
             "seed": self.seed,
         }
 
-    @property
+    @cached_property
     def key(self) -> str:
         return spec_hash(self.spec)
 
@@ -86,7 +102,7 @@ class EvalJob:
     budget: EvalBudget
     suite: str
 
-    @property
+    @cached_property
     def spec(self) -> dict:
         """The fully resolved spec of this (run, sampler), names and papers included."""
         return {
@@ -100,7 +116,7 @@ class EvalJob:
             "metrics": [canonical(m) for m in self.metrics],
         }
 
-    @property
+    @cached_property
     def key(self) -> str:
         return record_key(self.train.key, self.spec)
 

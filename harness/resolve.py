@@ -19,7 +19,7 @@ from harness.claims import Claim, parse_relation
 from harness.errors import Loc, SpecError
 from harness.limits import MAX_RUNS
 from harness.registry import did_you_mean
-from harness.source import KeyPath, Source, display_path, load_yaml
+from harness.source import KeyPath, Source, display_path, load_yaml, parse_yaml
 from harness.spec import (
     SPEC_KINDS,
     DatasetSpec,
@@ -50,6 +50,13 @@ def default_specs_root() -> Path:
     return Path(__file__).resolve().parent.parent / "specs"
 
 
+def set_loc(text: str) -> Loc:
+    """The place of a ``--set`` in messages: its text on one line (control characters
+    escaped), cut to a readable length."""
+    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return Loc(f"--set {shown if len(shown) <= 120 else shown[:117] + '...'}")
+
+
 @dataclass(frozen=True)
 class Override:
     """One ``--set key.path=value`` from the command line."""
@@ -60,20 +67,24 @@ class Override:
 
     @property
     def loc(self) -> Loc:
-        return Loc(f"--set {self.text}")
+        return set_loc(self.text)
 
     @classmethod
     def parse(cls, text: str) -> Override:
         key, sep, raw = text.partition("=")
         if not sep or not key.strip():
-            raise SpecError("expected key.path=value", Loc(f"--set {text}"))
+            raise SpecError("expected key.path=value", set_loc(text))
         path = tuple(part for part in key.strip().split("."))
         if any(not part for part in path):
-            raise SpecError(f"malformed key path {key!r}", Loc(f"--set {text}"))
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            raise SpecError(f"malformed key path {key!r}", set_loc(text))
+        value: Any = ""
+        if raw.strip():
+            try:  # the spec files' loader: aliases and nesting bounded as theirs are
+                value = parse_yaml(raw, f"--set {text}").data
+            except SpecError as err:
+                if not err.message.startswith("YAML syntax error"):
+                    raise SpecError(err.message, set_loc(text)) from None
+                value = raw  # not YAML: the text itself (e.g. a description with ': ')
         return cls(path, value, text)
 
 

@@ -22,6 +22,7 @@ KeyPath = tuple[str | int, ...]
 # gigabytes ("billion laughs"), and deep nesting exhausts the parser's recursion.
 MAX_NODES = 100_000  # scalars, mappings and sequences, every alias expanded
 MAX_DEPTH = 64
+STR_TAG, MERGE_TAG = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
 
 
 @dataclass
@@ -63,7 +64,12 @@ def display_path(path: Path) -> str:
 
 def parse_yaml(text: str, name: str) -> Source:
     """Parse YAML text into plain data and a location map. Errors name ``name:LINE``."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks the characters: a NUL byte is an error here
+    except yaml.reader.ReaderError as err:
+        line = text[: err.position].count("\n") + 1
+        char = chr(err.character) if isinstance(err.character, int) else err.character
+        raise SpecError(f"character {char!r} is not allowed in YAML; remove it", Loc(name, line)) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -116,6 +122,10 @@ def _index(node: yaml.Node, path: KeyPath, name: str, locs: dict[KeyPath, Loc], 
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise SpecError("mapping keys must be plain names", Loc(name, key_node.start_mark.line + 1))
+            if key_node.tag not in (STR_TAG, MERGE_TAG):  # 1:, yes:, null: are a number, true, None
+                raise SpecError(f"mapping key {key_node.value!r} is not a name (YAML reads it as "
+                                f"{key_node.tag.rsplit(':', 1)[-1]}); quote it if it is one",
+                                Loc(name, key_node.start_mark.line + 1))
             key = key_node.value
             line = key_node.start_mark.line + 1
             if key in seen:

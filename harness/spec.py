@@ -124,7 +124,7 @@ class HardwareSpec(StrictModel):
     deterministic: bool = True
     compile: bool = Field(False, description="wrap the network in torch.compile")
     prefetch_workers: int = Field(
-        2, ge=0, le=64, description="threads preparing costly batch pairings (e.g. exact OT) while the model steps; 0: inline"
+        2, strict=True, ge=0, le=64, description="threads preparing costly batch pairings (e.g. exact OT) while the model steps; 0: inline"
     )
 
 
@@ -152,7 +152,7 @@ class TrainBudget(StrictModel):
 
     steps: Steps | None = None
     seconds: Seconds | None = None
-    samples: Annotated[int, Field(ge=1, le=2**62)] | None = None
+    samples: Annotated[int, Field(strict=True, ge=1, le=2**62)] | None = None
     epochs: Epochs | None = Field(None, description="passes over a fixed train split")
     log_every: Steps = Field(50, description="loss-curve resolution and divergence-check interval")
     early_stopping: EarlyStopping | None = None
@@ -183,7 +183,7 @@ class MetricSpec(StrictModel):
 class LeaderboardSpec(StrictModel):
     rank_by: str = "w2"
     columns: list[str] | None = Field(None, description="metric columns to show; default: the suite's metrics")
-    precision: int = Field(4, ge=1, le=15, description="significant digits of table values")
+    precision: int = Field(4, strict=True, ge=1, le=15, description="significant digits of table values")
 
 
 SpecRef = Union[str, dict[str, Any]]  # noqa: UP007  a file name under specs/<kind>/ or an inline spec
@@ -304,6 +304,10 @@ def _describe(model: type[BaseModel], error: dict, path: KeyPath) -> str:
         return f"must be {op} {bound}, got {_show(value)}"
     if kind == "too_short":
         return f"must not be empty, got {_show(value)}"
+    if kind == "too_long":
+        return f"may hold at most {ctx.get('max_length', '?')} entries, got {ctx.get('actual_length', '?')}"
+    if kind == "finite_number":
+        return f"must be a finite number, got {_show(value)}"
     if kind == "literal_error":
         expected = ctx.get("expected", "")
         return f"expected {expected}, got {_show(value)}"
