@@ -1,18 +1,29 @@
-"""Shared fixtures: the project's specs, a private copy of them, and the CLI as a subprocess."""
+"""Shared fixtures: the project's specs, a private copy of them, and the CLI (in this
+process, or as a subprocess where exit codes and signals are what is tested).
+
+Each test worker uses one torch thread: ``make test`` runs two workers on two cores, and
+torch's default (one thread per core in each) made small tests 30 times slower."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 import harness.metrics  # noqa: F401  registers the metrics
 import implementations  # noqa: F401  registers methods, datasets, solvers, networks, optimisers
+
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses tests start
 
 PROJECT = Path(__file__).resolve().parent.parent
 SPECS = PROJECT / "specs"
@@ -29,7 +40,40 @@ def spec_root(tmp_path: Path) -> Path:
     return root
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+@dataclass
+class CliResult:
+    """What ``flowgauge ARGS`` returned and printed (the fields of a CompletedProcess)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    args: list[str] = field(default_factory=list)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
+    """``flowgauge ARGS`` in this process (torch is already imported): its exit status and
+    what it printed. ``cwd`` (default: the project) is the working directory meanwhile."""
+    from harness.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    saved = os.environ.pop("FLOWGAUGE_SPECS", None)
+    try:
+        os.chdir(cwd or PROJECT)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    finally:
+        os.chdir(previous)
+        if saved is not None:
+            os.environ["FLOWGAUGE_SPECS"] = saved
+    return CliResult(code, out.getvalue(), err.getvalue(), list(args))
+
+
+def run_cli_process(*args: str, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``flowgauge ARGS`` as a separate process: for exit statuses as the shell sees them."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     env.pop("FLOWGAUGE_SPECS", None)
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd or PROJECT,

@@ -12,7 +12,7 @@ from harness.plan import make_plan
 from harness.resolve import load_suite
 from harness.results import read_records
 from harness.runner import Runner
-from tests.conftest import SPECS, TINY, run_cli, write
+from tests.conftest import SPECS, TINY, run_cli, run_cli_process, write
 
 TINY_SUITE = """name: tiny
 hardware: cpu
@@ -36,9 +36,9 @@ def _run(tmp_path: Path, suite_text: str = TINY_SUITE, overrides: list[str] | No
 
 
 def test_cli_tiny_suite_writes_records_and_prints_the_leaderboard(tmp_path):
-    out = tmp_path / "results"
-    result = run_cli("run", "quickstart", "--results", str(out), "--no-progress",
-                     "--set", "datasets=[moons]", *sum((["--set", t] for t in TINY), []))
+    out = tmp_path / "results"  # as a user runs it: a process of its own
+    result = run_cli_process("run", "quickstart", "--results", str(out), "--no-progress",
+                             "--set", "datasets=[moons]", *sum((["--set", t] for t in TINY), []))
     assert result.returncode == 0, result.stderr
     records = read_records(out)
     assert len(records) == 3 * 4  # methods x samplers

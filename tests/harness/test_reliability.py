@@ -180,3 +180,58 @@ def test_validate_applies_set_to_a_single_spec_file(capsys):
     assert main(["validate", str(SPECS / "samplers" / "dopri5.yaml"), "--set", "params.atol=1e-300"]) == 2
     assert "--set params.atol=1e-300: params.atol: must be >= 1e-12" in capsys.readouterr().err
     assert main(["validate", str(SPECS / "samplers" / "dopri5.yaml"), "--set", "params.atol=1e-3"]) == 0
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"old weights")
+
+    def half_then_crash(f):
+        f.write(b"new wei")
+        raise RuntimeError("killed midway")
+
+    with pytest.raises(RuntimeError, match="killed midway"):
+        results_module.write_atomic(path, half_then_crash)
+    assert path.read_bytes() == b"old weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_a_run_clears_the_temporaries_an_interrupted_run_left(tmp_path):
+    out = tmp_path / "out"
+    leftovers = [out / "records" / ".a.json.x1.tmp", out / "models" / ".b.pt.x2.tmp", out / "samples" / ".c.npz.x3.tmp"]
+    for path in leftovers:
+        write(path, "half a file")
+    assert _cli(tmp_path, "--results", str(out)) == 0
+    assert not any(p.exists() for p in leftovers)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_one_run_at_a_time_holds_a_results_folder(tmp_path):
+    from harness.errors import SpecError
+
+    out = tmp_path / "out"
+    with results_module.lock_results(out) as writable:
+        assert writable
+        with pytest.raises(SpecError, match=rf"another flowgauge run \(pid {os.getpid()}\) is using it"):
+            with results_module.lock_results(out):
+                pass
+    with results_module.lock_results(out):  # released with its holder
+        pass
+
+
+def test_failed_runs_are_retried_by_the_next_run(tmp_path, monkeypatch):
+    from harness import runner
+
+    real = runner.evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a transient fault")
+
+    monkeypatch.setattr(runner, "evaluate", broken)
+    assert _cli(tmp_path, "--results", str(tmp_path / "out")) == 1
+    assert {r["status"] for r in read_records(tmp_path / "out")} == {"failed"}
+    monkeypatch.setattr(runner, "evaluate", real)
+    assert _cli(tmp_path, "--results", str(tmp_path / "out")) == 0
+    records = read_records(tmp_path / "out")
+    assert len(records) == 2 and {r["status"] for r in records} == {"ok"}
+    assert all(r["train"]["reused"] for r in records)  # the model trained before the fault is kept
