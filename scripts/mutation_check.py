@@ -5,7 +5,7 @@ Every mutation is a small, plausible slip in the code (a sign, a coefficient, a 
 axis, a skipped step) that would put wrong numbers in a table or lose work. A mutation
 *survives* when its tests still pass; the target is that none survives.
 
-    python scripts/mutation_check.py            # all mutations (about 15 minutes here)
+    python scripts/mutation_check.py            # all mutations (about 10 minutes here)
     python scripts/mutation_check.py --list     # what each one changes
     python scripts/mutation_check.py --only mmd # mutations whose name contains "mmd"
 
@@ -199,19 +199,20 @@ def apply(m: Mutation) -> str:
     return original
 
 
-def run_tests(tests: tuple[str, ...], timeout: float) -> tuple[bool, float]:
-    """True when the tests pass (the mutation survives)."""
+def run_tests(tests: tuple[str, ...], timeout: float) -> tuple[bool, float, str]:
+    """(the tests pass, seconds, the first failing test's name)."""
     missing = [t for t in tests if not (PROJECT / t).exists()]
     if missing:
         raise SystemExit(f"no such test file: {', '.join(missing)}")
     start = time.perf_counter()
     try:
-        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p",
-                               "no:randomly", *tests], cwd=PROJECT, capture_output=True, timeout=timeout)
+        done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider", *tests],
+                              cwd=PROJECT, capture_output=True, text=True, timeout=timeout)
         survived = done.returncode == 0
+        failed = next((line.split()[1] for line in done.stdout.splitlines() if line.startswith("FAILED ")), "")
     except subprocess.TimeoutExpired:
-        survived = False  # a hang is caught too, if slowly
-    return survived, time.perf_counter() - start
+        survived, failed = False, "(timed out)"  # a hang is caught too, if slowly
+    return survived, time.perf_counter() - start, failed
 
 
 def main() -> int:
@@ -229,14 +230,22 @@ def main() -> int:
     for m in chosen:  # check the whole list applies before spending time on any
         original = apply(m)
         (PROJECT / m.file).write_text(original)
+    # Unmutated, every test file must pass: else each mutation would look "killed".
+    files = tuple(sorted({t for m in chosen for t in m.tests}))
+    passed, seconds, failed = run_tests(files, args.timeout * 2)
+    print(f"baseline: {len(files)} test files {'pass' if passed else 'FAIL'} unmutated ({seconds:.0f} s)", flush=True)
+    if not passed:
+        print(f"fix the tests first: {failed}")
+        return 2
     survivors = []
     for i, m in enumerate(chosen, 1):
         original = apply(m)
         try:
-            survived, seconds = run_tests(m.tests, args.timeout)
+            survived, seconds, failed = run_tests(m.tests, args.timeout)
         finally:
             (PROJECT / m.file).write_text(original)
-        print(f"[{i:2d}/{len(chosen)}] {'SURVIVED' if survived else 'killed  '} {m.name} ({seconds:.0f} s)",
+        by = "" if survived else f" by {failed.split('::', 1)[-1]}"
+        print(f"[{i:2d}/{len(chosen)}] {'SURVIVED' if survived else 'killed  '} {m.name}{by} ({seconds:.0f} s)",
               flush=True)
         if survived:
             survivors.append(m.name)

@@ -18,6 +18,9 @@ uninterrupted reference run:
 - different:  a quality metric (w2, mmd, nfe, steps) not bitwise equal to the reference's;
 - orphans:    a worker process still alive 3 s after its driver was killed or stopped.
 
+An interrupt counts only when the run's exit status shows it took effect (-9 for SIGKILL,
+143 for SIGTERM, 130 for Ctrl-C, 1 for a killed worker's failed runs).
+
     python scripts/stress_interrupts.py --trials 10 [--seed 0] [--out /tmp/stress]
 
 Exit status 0 when every count is 0. Linux only (it reads /proc).
@@ -52,12 +55,24 @@ QUALITY = ("w2", "mmd", "nfe", "steps")
 MODES = ("driver-kill", "driver-term", "worker-kill", "inline-kill", "inline-int")
 
 
+def _default_signals() -> None:
+    # A shell starts background jobs with SIGINT ignored, and the ignore is inherited: the
+    # run would never see the Ctrl-C this script sends. Give it the terminal's default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(suite: Path, results: Path, workers: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     args = [sys.executable, "-m", "harness.cli", "--specs", str(PROJECT / "specs"), "run", str(suite),
             "--results", str(results), "--no-progress", "--workers", str(workers)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # its own group: our Ctrl-C never reaches it
+                            start_new_session=True,  # its own group: our Ctrl-C never reaches it
+                            preexec_fn=_default_signals)
+
+
+# The exit status that shows an interrupt took effect.
+EFFECT = {"driver-kill": -signal.SIGKILL, "driver-term": 143, "worker-kill": 1, "inline-kill": -signal.SIGKILL,
+          "inline-int": 130}
 
 
 def _children(pid: int) -> list[int]:
@@ -119,8 +134,10 @@ def _interrupt(mode: str, suite: Path, results: Path, rng: random.Random) -> dic
     orphans = [c for c in workers_before if _alive(c) and mode != "worker-kill"]
     for pid in orphans:  # leave the machine clean whatever happened
         os.kill(pid, signal.SIGKILL)
-    return {"mode": mode, "hit": True, "orphans": len(orphans), "exit": proc.returncode,
-            "stderr_tail": (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-1:]}
+    tail = (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-1:]
+    if proc.returncode != EFFECT[mode]:  # it ended on its own first: not an interrupt
+        return {"mode": mode, "hit": False, "orphans": len(orphans), "exit": proc.returncode, "stderr_tail": tail}
+    return {"mode": mode, "hit": True, "orphans": len(orphans), "exit": proc.returncode, "stderr_tail": tail}
 
 
 def main() -> int:
@@ -161,7 +178,7 @@ def main() -> int:
                       orphans=orphans, not_ok=not_ok, resume_failed=int(resume.returncode != 0))
         for e in hits:
             totals[e["mode"]] += 1
-        print(f"trial {trial}: {', '.join(e['mode'] + ('' if e['hit'] else ' (missed: run had ended)') for e in events)}"
+        print(f"trial {trial}: {', '.join(e['mode'] + ('' if e['hit'] else ' (missed: the run ended first)') for e in events)}"
               f" -> resume exit {resume.returncode}; lost {lost}, duplicated {duplicated}, corrupt {corrupt}, "
               f"different {different}, not ok {not_ok}, orphans {orphans}")
     print(f"\n{args.trials} trials, {totals['interrupts']} interrupts "

@@ -51,15 +51,20 @@ def test_worker_processes_match_the_inline_runner_and_keep_teachers_first(tmp_pa
     assert Runner(tmp_path / "parallel", progress=False).run(plan, workers=3).counts == {"cached": 12}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_the_suite_and_a_rerun_resumes(tmp_path, workers):
+    # 400 steps a run: the other runs are still going when the first record appears
     out = tmp_path / "r"
     args = [sys.executable, "-m", "harness.cli", "run", "quickstart", "--results", str(out), "--no-progress",
-            "--workers", workers, "--set", "budget.train.steps=150", "--set", "budget.eval.num_samples=256",
+            "--workers", workers, "--set", "budget.train.steps=400", "--set", "budget.eval.num_samples=256",
             "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    # SIGINT as a terminal delivers it, even when pytest itself runs as a background job
+    # (which starts with SIGINT ignored, an ignore its children inherit)
     proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not list(out.glob("records/*.json")):
         assert proc.poll() is None, proc.communicate()
