@@ -120,7 +120,9 @@ def test_the_seconds_budget_stops_before_a_step_would_overrun_it(tmp_path):
     train = record["train"]
     assert train["stopped_by"] == "seconds" and train["steps"] > 10
     step = train["train_s"] / (train["steps"] - 1)
-    assert train["wall_s"] <= 0.4 and train["wall_s"] > 0.4 - 20 * step, train
+    # the stop is predicted from the mean step time, so a slow last step (a shared machine)
+    # may pass the budget by a fraction of a step, never by a whole one
+    assert 0.4 - 20 * step < train["wall_s"] <= 0.4 + 0.5 * step, train
     # a budget shorter than the first step: that one step runs, and there is no
     # steady-state training time to report (not the 0.0002 s of bookkeeping left over)
     Runner(tmp_path / "b", progress=False).run(
