@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("suite", nargs="?", default="quickstart", help="suite name under specs/suites/ or a path")
     run.add_argument("--results", type=Path, default=None, help="results directory (default results/runs/<suite>/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a spec value, e.g. budget.train.steps=100 or methods.icfm.params.sigma=0.1")
+                     help="override a spec value, e.g. budget.train.steps=100 or methods.icfm.params.path.sigma=0.1")
     run.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the run plan and exit")
@@ -102,6 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Runner
 
     suite = load_suite(args.suite, args.overrides, root=args.specs)
+    _check_device(suite, args.suite)
     plan = make_plan(suite)
     all_keys = {e.key for evals in plan.evals.values() for e in evals}
     if args.only:
@@ -131,11 +132,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"warning: {len(stale)} record(s) in {results / 'records'} are not produced by this suite as it "
               "stands (older specs); tables mix them in. Rerun with --prune to delete them.", file=sys.stderr)
     print(leaderboard(results, args.format))
+    if summary.counts.get("failed"):
+        _print_failures(results, {e.key for evals in plan.evals.values() for e in evals})
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     print(f"\n{counts}; records in {results / 'records'}", file=sys.stderr)
     if dirty:
         print(dirty, file=sys.stderr)
     return EXIT_FAILED_RUNS if summary.counts.get("failed") else 0
+
+
+def _check_device(suite, ref: str) -> None:
+    """A device this machine does not have is a mistake in the command, found before
+    anything runs (not a column of failed records)."""
+    from harness.errors import SpecError
+
+    if suite.hardware.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError(f"{ref}: hardware {suite.hardware.name!r} asks for device cuda, and this machine has "
+                            "none (torch.cuda.is_available() is False); use --set hardware=cpu")
+
+
+def _print_failures(results: Path, keys: set[str]) -> None:
+    """Each failed run of this plan on the terminal: its exception, where it was raised
+    (the innermost file:line of the traceback) and its record."""
+    import re
+
+    from harness.results import read_records, record_path
+
+    for r in read_records(results):
+        if r["key"] not in keys or r["status"] != "failed":
+            continue
+        error = str(r.get("error") or "unknown error").strip()
+        first = error.splitlines()[0]
+        frames = re.findall(r'File "([^"]+)", line (\d+)', error)
+        where = f" at {frames[-1][0]}:{frames[-1][1]}" if frames else ""
+        label = f"{r['dataset']}/{r['method']}/{r['sampler']}/seed{r['seed']}"
+        print(f"failed: {label}: {first}{where}\n  record: {record_path(results, r['key'], label)}", file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

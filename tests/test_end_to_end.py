@@ -144,18 +144,49 @@ def test_diverged_run_is_recorded_and_the_suite_goes_on(tmp_path):
     assert "diverged" in board
 
 
-def test_failed_run_is_recorded_with_its_error(tmp_path):
-    out = tmp_path / "results"
-    result = run_cli("run", "quickstart", "--results", str(out), "--no-progress", "--set", "hardware=cuda",
-                     "--set", "datasets=[moons]", "--set", "methods=[icfm]", "--set", "samplers=[euler-1]",
-                     *sum((["--set", t] for t in TINY), []))
+def test_a_cuda_suite_on_a_machine_without_cuda_is_refused_before_running(tmp_path):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    out = tmp_path / "results"
+    result = run_cli("run", "quickstart", "--results", str(out), "--no-progress", "--set", "hardware=cuda")
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: quickstart: hardware 'cuda' asks for device cuda, and this machine has none "
+        "(torch.cuda.is_available() is False); use --set hardware=cpu")
+
+
+def test_a_failed_run_is_recorded_and_shown_on_the_terminal(tmp_path, monkeypatch):
+    from harness import runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in the evaluation")
+
+    monkeypatch.setattr(runner, "evaluate", broken)
+    out = tmp_path / "results"
+    result = run_cli("run", "quickstart", "--results", str(out), "--no-progress", "--set", "datasets=[moons]",
+                     "--set", "methods=[icfm]", "--set", "samplers=[euler-1]", *sum((["--set", t] for t in TINY), []))
     assert result.returncode == 1
     (record,) = read_records(out)
-    assert record["status"] == "failed" and "cuda" in record["error"].lower()
+    assert record["status"] == "failed" and "RuntimeError: boom in the evaluation" in record["error"]
+    lines = result.stderr.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("failed: moons/icfm/euler-1/seed0: "))
+    assert "RuntimeError: boom in the evaluation at " in lines[i] and "test_end_to_end.py:" in lines[i]
+    assert lines[i + 1].strip() == f"record: {out / 'records' / ('moons__icfm__euler-1__seed0__' + record['key'] + '.json')}"
+
+
+def test_the_set_example_of_run_help_works(tmp_path):
+    import re
+
+    from harness.cli import _parser
+
+    text = _parser()._subparsers._group_actions[0].choices["run"].format_help()
+    examples = re.findall(r"(\S+\.\S+=\S+)", " ".join(text.split()))
+    assert len(examples) >= 2
+    for example in examples:
+        result = run_cli("run", "quickstart", "--set", example, "--dry-run", "--results", str(tmp_path / "x"))
+        assert result.returncode == 0, (example, result.stderr)
 
 
 def test_hardware_fields_are_honoured_and_recorded(tmp_path):

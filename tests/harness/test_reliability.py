@@ -113,16 +113,29 @@ def test_a_failed_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
 
 
-def test_the_seconds_budget_stops_before_a_step_would_overrun_it(tmp_path):
+def test_the_seconds_budget_stops_before_a_step_would_overrun_it(tmp_path, monkeypatch):
+    """On a clock that every read advances by 1 ms, every step takes the same time, so the
+    stop (predicted from the mean step time) is exact: the last step ends within 0.4 s and
+    one more would not have. (On a real, shared machine a slow last step may pass the
+    budget by a fraction of a step; before, it always ran one step past.)"""
+    import time as time_module
+
     suite = write(tmp_path / "suite.yaml", SUITE.replace("{steps: 20, log_every: 10}", "{seconds: 0.4}"))
+    now = [1000.0]
+
+    def clock() -> float:
+        now[0] += 0.001
+        return now[0]
+
+    monkeypatch.setattr(time_module, "perf_counter", clock)
     Runner(tmp_path / "a", progress=False).run(make_plan(load_suite(str(suite), ["samplers=[euler-1]"], root=SPECS)))
+    monkeypatch.undo()
     (record,) = read_records(tmp_path / "a")
     train = record["train"]
     assert train["stopped_by"] == "seconds" and train["steps"] > 10
     step = train["train_s"] / (train["steps"] - 1)
-    # the stop is predicted from the mean step time, so a slow last step (a shared machine)
-    # may pass the budget by a fraction of a step, never by a whole one
-    assert 0.4 - 20 * step < train["wall_s"] <= 0.4 + 0.5 * step, train
+    # the last step ends by 0.4 s; the clock read that closes the timing adds 1 ms
+    assert 0.4 - 2 * step < train["wall_s"] <= 0.4 + 0.001 + 1e-9, train
     # a budget shorter than the first step: that one step runs, and there is no
     # steady-state training time to report (not the 0.0002 s of bookkeeping left over)
     Runner(tmp_path / "b", progress=False).run(
