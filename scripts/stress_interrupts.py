@@ -41,6 +41,9 @@ from collections import Counter
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+from tests.processes import alive  # noqa: E402
+from tests.processes import workers as worker_pids  # noqa: E402
 SUITE = """name: stress
 seeds: [0, 1]
 budget:
@@ -75,26 +78,6 @@ EFFECT = {"driver-kill": -signal.SIGKILL, "driver-term": 143, "worker-kill": 1, 
           "inline-int": 130}
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _records(results: Path) -> tuple[dict[str, dict], int, int]:
     """(key -> record, duplicated keys, unreadable files or leftover temporaries)."""
     keys: Counter[str] = Counter()
@@ -116,7 +99,7 @@ def _interrupt(mode: str, suite: Path, results: Path, rng: random.Random) -> dic
     time.sleep(rng.uniform(1.5, 14.0))  # start-up takes ~3 s; the whole suite ~30-60 s
     if proc.poll() is not None:
         return {"mode": mode, "hit": False, "orphans": 0}
-    workers_before = [c for c in _children(proc.pid) if _alive(c)]
+    workers_before = sorted(worker_pids(proc.pid))
     target = proc.pid
     sig = {"driver-kill": signal.SIGKILL, "driver-term": signal.SIGTERM, "worker-kill": signal.SIGKILL,
            "inline-kill": signal.SIGKILL, "inline-int": signal.SIGINT}[mode]
@@ -131,7 +114,7 @@ def _interrupt(mode: str, suite: Path, results: Path, rng: random.Random) -> dic
     else:
         proc.wait(timeout=120)
     time.sleep(3.0)
-    orphans = [c for c in workers_before if _alive(c) and mode != "worker-kill"]
+    orphans = [c for c in workers_before if alive(c) and mode != "worker-kill"]
     for pid in orphans:  # leave the machine clean whatever happened
         os.kill(pid, signal.SIGKILL)
     tail = (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-1:]

@@ -19,6 +19,7 @@ from harness.resolve import load_suite
 from harness.results import read_records
 from harness.runner import Runner
 from tests.conftest import PROJECT, SPECS
+from tests.processes import alive, workers
 
 CHAIN = ["budget.train.steps=30", "budget.eval.num_samples=200", "budget.eval.repeats=1", "seeds=[0, 1]",
          "methods.1-rectified-flow.batch_size=64", "methods.2-rectified-flow.batch_size=64",
@@ -84,33 +85,11 @@ def test_ctrl_c_stops_the_suite_and_a_rerun_resumes(tmp_path, workers):
     assert not list(out.rglob("*.tmp")), "temporary files left behind"
 
 
-def _workers(pid: int) -> set[int]:
-    """Live spawned worker processes whose parent is ``pid`` (Linux /proc)."""
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in cmdline:
-            out.add(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _start_with_two_workers(args: list[str], env: dict) -> subprocess.Popen:
     """Start a ``--workers 2`` run and return once both of its workers are alive."""
     proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while len(_workers(proc.pid)) < 2:
+    while len(workers(proc.pid)) < 2:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "workers did not start"
         time.sleep(0.2)
@@ -129,16 +108,16 @@ def test_workers_die_with_their_driver(tmp_path, how):
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     proc = _start_with_two_workers(args, env)
     time.sleep(3)  # let them import torch and start training
-    workers = _workers(proc.pid)
-    assert len(workers) == 2
+    live = workers(proc.pid)
+    assert len(live) == 2
     proc.send_signal(how)
     _, stderr = proc.communicate(timeout=60)
     if how == signal.SIGTERM:
         assert proc.returncode == 143 and "terminated (SIGTERM); finished records are kept" in stderr, stderr
         assert "Traceback" not in stderr
     deadline = time.monotonic() + 20
-    while any(_alive(w) for w in workers):
-        assert time.monotonic() < deadline, f"orphaned workers: {[w for w in workers if _alive(w)]}"
+    while any(alive(w) for w in live):
+        assert time.monotonic() < deadline, f"orphaned workers: {[w for w in live if alive(w)]}"
         time.sleep(0.2)
 
 
@@ -154,7 +133,7 @@ def test_a_worker_killed_by_the_system_fails_its_unit_and_the_suite_goes_on(tmp_
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     proc = _start_with_two_workers(args, env)
     time.sleep(2)
-    victim = min(_workers(proc.pid))
+    victim = min(workers(proc.pid))
     os.kill(victim, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stderr
