@@ -177,11 +177,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from harness.resolve import Override, Resolver
     from harness.source import display_path
 
+    from harness.errors import SpecError
+
     overrides = [Override.parse(text) for text in args.overrides]
-    for path in args.paths:
-        spec = Resolver(args.specs, overrides).validate_file(path)
+    bad = 0
+    for path in args.paths:  # every file is checked, whatever the ones before it gave
+        try:
+            spec = Resolver(args.specs, overrides).validate_file(path)
+        except SpecError as err:
+            if len(args.paths) == 1:
+                raise
+            print(f"error: {err}" if err.loc is None else str(err), file=sys.stderr)
+            bad += 1
+            continue
         print(f"{display_path(path)}: ok ({type(spec).__name__.removesuffix('Spec').lower()} {spec.name!r})")
-    return 0
+    if bad:
+        print(f"{bad} of {len(args.paths)} files have errors", file=sys.stderr)
+    return EXIT_USER_ERROR if bad else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

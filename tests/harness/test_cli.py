@@ -59,3 +59,18 @@ def test_report_writes_markdown_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "(samples.png)" not in (out / "report" / "report.md").read_text()
     assert (out / "report" / "w2_by_method.png").is_file()
+
+
+def test_validate_goes_on_through_every_file(tmp_path):
+    bad_1 = tmp_path / "specs" / "methods" / "bad1.yaml"
+    bad_1.parent.mkdir(parents=True)
+    bad_1.write_text("implementation: cfm\nbatch_size: 0\n")
+    bad_2 = bad_1.with_name("bad2.yaml")
+    bad_2.write_text("implementation: cfn\n")
+    good = SPECS / "methods" / "icfm.yaml"
+    result = run_cli("validate", str(bad_1), str(good), str(bad_2))
+    assert result.returncode == 2
+    assert result.stdout.strip().endswith("icfm.yaml: ok (method 'icfm')")
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 3 and err[-1] == "2 of 3 files have errors"
+    assert err[0].endswith("bad1.yaml:2: batch_size: must be >= 1, got 0") and "unknown method 'cfn'" in err[1]
