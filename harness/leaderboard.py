@@ -97,11 +97,13 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
             vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
             if not vals:
                 continue
+            if m in METRICS and not METRICS.get(m).marks_best:
+                continue  # the set-up decides it (a sampler's NFE): nothing to win
             best = min(vals, key=lambda v: badness(m, v))
-            if len(set(vals)) == 1 and len(vals) > 1:
-                continue  # a column where every row ties marks nothing
-            for r in rows:
-                r.cells[m].best = r.cells[m].mean is not None and badness(m, r.cells[m].mean) == badness(m, best)
+            winners = [r for r in rows if r.cells[m].mean is not None and badness(m, r.cells[m].mean) == badness(m, best)]
+            if len(winners) > 1:
+                continue  # a tie for best marks nothing
+            winners[0].cells[m].best = True
         notes = []
         for m in metrics:
             floor = METRICS.get(m).noise_floor if m in METRICS else None

@@ -63,6 +63,8 @@ class Metric:
     best_at: float | None = None  # a signed metric whose best value is this one (not an end)
     # noise_floor(rows of one dataset's finished records) -> a sentence for the table, or None
     noise_floor: Callable[[Any], str | None] | None = None
+    # False for a column the set-up decides (a sampler's steps and NFE): nothing to win there
+    marks_best: bool = True
 
     @property
     def label(self) -> str:
@@ -78,11 +80,11 @@ class Metric:
 
 def metric(name: str, unit: str, higher_is_better: bool, needs: set[str],
            params: type[BaseModel] = NoParams, best_at: float | None = None,
-           noise_floor: Callable[[Any], str | None] | None = None) -> Callable:
+           noise_floor: Callable[[Any], str | None] | None = None, marks_best: bool = True) -> Callable:
     def decorator(fn: Callable[[EvalContext, Any], float | None]) -> Callable:
         summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # first paragraph
         METRICS.add(name, Metric(name, fn, unit, higher_is_better, summary, frozenset(needs), params, best_at,
-                                 noise_floor))
+                                 noise_floor, marks_best))
         return fn
 
     return decorator
@@ -201,13 +203,13 @@ def _mmd(ctx: EvalContext, params: MMDParams) -> float:
     return mmd_rbf(ctx.samples, ctx.reference, h)
 
 
-@metric("nfe", unit="", higher_is_better=False, needs={"nfe"})
+@metric("nfe", unit="", higher_is_better=False, needs={"nfe"}, marks_best=False)
 def _nfe(ctx: EvalContext, params: NoParams) -> float | None:
     """Network evaluations per sample, counted at the network call."""
     return ctx.nfe
 
 
-@metric("steps", unit="", higher_is_better=False, needs={"steps"})
+@metric("steps", unit="", higher_is_better=False, needs={"steps"}, marks_best=False)
 def _steps(ctx: EvalContext, params: NoParams) -> float | None:
     """Accepted solver steps."""
     return ctx.steps

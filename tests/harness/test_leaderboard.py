@@ -133,3 +133,13 @@ def test_a_second_run_on_the_same_results_is_refused(tmp_path, capsys):
         assert f"--results {out}: another flowgauge run (pid {__import__('os').getpid()}) is using it" in err
         assert not (out / "records").exists()
     assert main(["--specs", str(SPECS), "run", "quickstart", "--results", str(out), "--no-progress", *sets]) == 0
+
+
+def test_columns_the_set_up_decides_and_ties_mark_nothing():
+    rows = [("moons", "a", "euler-1", 0, "ok", {"w2": 1.0, "nfe": 1.0, "steps": 1.0, "mmd": 0.2}),
+            ("moons", "b", "euler-8", 0, "ok", {"w2": 0.5, "nfe": 8.0, "steps": 8.0, "mmd": 0.2}),
+            ("moons", "c", "euler-8", 0, "ok", {"w2": 0.7, "nfe": 8.0, "steps": 8.0, "mmd": 0.3})]
+    (moons,) = build_tables(_frame(rows), ["w2", "nfe", "steps", "mmd"], "w2")
+    assert [r.method for r in moons.rows if r.cells["w2"].best] == ["b"]
+    for column in ("nfe", "steps", "mmd"):  # NFE is the sampler's choice; mmd: a and b tie at 0.2
+        assert not any(r.cells[column].best for r in moons.rows), column
