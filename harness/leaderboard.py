@@ -101,9 +101,10 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 continue  # the set-up decides it (a sampler's NFE): nothing to win
             best = min(vals, key=lambda v: badness(m, v))
             winners = [r for r in rows if r.cells[m].mean is not None and badness(m, r.cells[m].mean) == badness(m, best)]
-            if len(winners) > 1:
-                continue  # a tie for best marks nothing
-            winners[0].cells[m].best = True
+            if len({r.method for r in winners}) > 1:
+                continue  # a tie between methods marks nothing (one model under several samplers is no tie)
+            for r in winners:
+                r.cells[m].best = True
         notes = []
         for m in metrics:
             floor = METRICS.get(m).noise_floor if m in METRICS else None

@@ -143,3 +143,10 @@ def test_columns_the_set_up_decides_and_ties_mark_nothing():
     assert [r.method for r in moons.rows if r.cells["w2"].best] == ["b"]
     for column in ("nfe", "steps", "mmd"):  # NFE is the sampler's choice; mmd: a and b tie at 0.2
         assert not any(r.cells[column].best for r in moons.rows), column
+    # one method's model under two samplers shares its flow metrics: that is no tie
+    rows = [("moons", "a", "euler-1", 0, "ok", {"w2": 1.0, "straightness": 0.1}),
+            ("moons", "a", "euler-8", 0, "ok", {"w2": 0.5, "straightness": 0.1}),
+            ("moons", "b", "euler-8", 0, "ok", {"w2": 0.7, "straightness": 0.3})]
+    (moons,) = build_tables(_frame(rows), ["w2", "straightness"], "w2")
+    assert [(r.method, r.sampler) for r in moons.rows if r.cells["straightness"].best] == [("a", "euler-8"),
+                                                                                           ("a", "euler-1")]
