@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               "stands (older specs); tables mix them in. Rerun with --prune to delete them.", file=sys.stderr)
     print(leaderboard(results, args.format))
     if summary.counts.get("failed"):
-        _print_failures(results, {e.key for evals in plan.evals.values() for e in evals})
+        _print_failures(results, all_keys)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))
     print(f"\n{counts}; records in {results / 'records'}", file=sys.stderr)
     if dirty:
@@ -174,10 +174,9 @@ def _print_failures(results: Path, keys: set[str]) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     _load_registries()
+    from harness.errors import SpecError
     from harness.resolve import Override, Resolver
     from harness.source import display_path
-
-    from harness.errors import SpecError
 
     overrides = [Override.parse(text) for text in args.overrides]
     bad = 0

@@ -204,10 +204,9 @@ def _render_csv(tables: list[Table]) -> str:
 
 def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
     """(metrics, rank_by, precision) from the suite that wrote ``results_dir``."""
-    from harness.results import read_suite
-
     from pydantic import ValidationError
 
+    from harness.results import read_suite
     from harness.spec import LeaderboardSpec
 
     suite = read_suite(results_dir)

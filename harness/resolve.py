@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness import registry as reg
 from harness.claims import Claim, parse_relation
 from harness.errors import Loc, SpecError
@@ -51,10 +49,9 @@ def default_specs_root() -> Path:
 
 
 def set_loc(text: str) -> Loc:
-    """The place of a ``--set`` in messages: its text on one line (control characters
-    escaped), cut to a readable length."""
-    shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-    return Loc(f"--set {shown if len(shown) <= 120 else shown[:117] + '...'}")
+    """The place of a ``--set`` in messages, cut to a readable length (SpecError escapes
+    its control characters)."""
+    return Loc(f"--set {text if len(text) <= 120 else text[:117] + '...'}")
 
 
 @dataclass(frozen=True)

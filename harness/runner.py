@@ -28,15 +28,14 @@ from tqdm.auto import tqdm
 
 from harness import registry as reg
 from harness.environment import environment
+from harness.errors import StorageError
 from harness.interfaces import Batch
 from harness.measure import NFECounter, PeakMemory, time_calls
 from harness.metrics import EvalContext, Trajectory
 from harness.plan import EvalJob, RunPlan, TrainJob, canonical, spec_hash
-from harness.errors import StorageError
 from harness.results import (
     RECORD_SCHEMA,
     final_keys,
-    json_safe,
     lock_results,
     read_suite,
     record_path,
@@ -309,7 +308,6 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
         warm-up and compilation), or the first when it is all there is."""
         return (elapsed - first_step_s) / (step - 1) if step > 1 else first_step_s
 
-
     curve: list[tuple[int, float]] = []
     window = torch.zeros((), device=built.device, dtype=torch.float64)
     window_n = 0
@@ -529,8 +527,7 @@ class Runner:
         summary = Summary()
         done = final_keys(self.results_dir)
         pending = {job.key: [e for e in plan.evals[job.key] if e.key not in done] for job in plan.trainings}
-        # As suite.json will read back: JSON types only.
-        suite = {"schema": RECORD_SCHEMA, "suite": json.loads(json.dumps(json_safe(canonical(plan.suite)), default=str))}
+        suite = {"schema": RECORD_SCHEMA, "suite": canonical(plan.suite)}  # JSON types, as suite.json reads back
         if not writable:
             todo = sum(len(evals) for evals in pending.values())
             if todo:
