@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
-from torch import Tensor, nn
 
-Velocity = Callable[[Tensor, Tensor], Tensor]
+from harness.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+else:
+    torch = lazy_import("torch")
+
+Velocity = Callable[["Tensor", "Tensor"], "Tensor"]
 """``velocity(x, t)`` with x of shape (batch, *dims) and t a 0-d tensor or shape (batch,)."""
 
 

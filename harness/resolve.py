@@ -152,7 +152,7 @@ class Resolver:
 
     def path_of(self, kind: str, name: str, loc: Loc | None) -> Path:
         """The file of spec ``name`` inside this root's ``kind`` folder; names are never paths."""
-        singular = kind[:-1] if kind.endswith("s") else kind
+        singular = kind.removesuffix("s")
         try:
             check_name(name)
         except ValueError as err:
@@ -272,21 +272,21 @@ class Resolver:
         if "name" not in data:
             raise SpecError(f"{key}.name: required key is missing", source.loc((key,)))
         name = data["name"]
-        entry = registry.get(name, source.loc((key, "name")))
+        model = registry.params(name, source.loc((key, "name")))
         rest = {k: v for k, v in data.items() if k != "name"}
         sub = source.sub((key,)) if key in source.data else Source(data, {}, source.loc((key,)))
-        params = validate(entry.Params, Source(rest, sub.locs, sub.origin), prefix=(key,))
+        params = validate(model, Source(rest, sub.locs, sub.origin), prefix=(key,))
         return {"name": name, **params.model_dump(mode="json")}
 
     def _params(
         self, registry: reg.Registry, name: str, source: Source, key: KeyPath, name_key: KeyPath
     ) -> dict:
-        entry = registry.get(name, source.loc(name_key))
+        model = registry.params(name, source.loc(name_key))
         if key[0] in source.data:
             sub = source.sub(key)
         else:
             sub = Source({}, {}, source.loc(name_key))
-        return validate(entry.Params, sub, prefix=key).model_dump(mode="json")
+        return validate(model, sub, prefix=key).model_dump(mode="json")
 
     # -- overrides -----------------------------------------------------------------------
 

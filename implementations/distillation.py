@@ -18,14 +18,18 @@ a map, not a velocity field, so integrating it with more steps would be meaningl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.interfaces import Batch, Params, Solution, Solver
+from harness.lazy import lazy_import
 from harness.registry import METHODS
 from implementations.common.losses import MSE, AnyLoss
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+else:
+    torch = lazy_import("torch")
 
 
 class DistillationParams(Params):

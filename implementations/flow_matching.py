@@ -23,18 +23,23 @@ The variants are specs, not classes: ``icfm.yaml``, ``otcfm.yaml``, ``sbcfm.yaml
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import model_validator
-from torch import Tensor, nn
 
 from harness.interfaces import Batch, Params, Solution, Solver
+from harness.lazy import lazy_import
 from harness.registry import METHODS
 from implementations.common.couplings import AnyCoupling, Independent, Sinkhorn
 from implementations.common.losses import MSE, AnyLoss
 from implementations.common.paths import AnyPath, Linear
 from implementations.common.timesteps import AnyTimeSampler, Uniform
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+else:
+    torch = lazy_import("torch")
 
 
 class CFMParams(Params):

@@ -19,17 +19,21 @@ paper's claim is that reflow lowers it, so few-step Euler sampling gets better.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.interfaces import Batch, Params, Solution, Solver
+from harness.lazy import lazy_import
 from harness.registry import METHODS
 from implementations.common.losses import MSE, AnyLoss
 from implementations.common.paths import Linear
 from implementations.common.timesteps import AnyTimeSampler, Uniform
 from implementations.flow_matching import sample_times
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+else:
+    torch = lazy_import("torch")
 
 
 class RectifiedFlowParams(Params):

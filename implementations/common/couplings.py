@@ -23,16 +23,21 @@ steps (POT releases the GIL inside its solvers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import PositiveFloat
-from torch import Tensor
 
 from harness.interfaces import Params
+from harness.lazy import lazy_import
 from harness.limits import Iterations
 from harness.spec import named_union
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 
 @dataclass

@@ -16,13 +16,15 @@ and then averaged over the batch with optional per-pair weights (W-CFM).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import PositiveFloat
-from torch import Tensor
 
 from harness.interfaces import Params
 from harness.spec import named_union
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 class Loss(Params):

@@ -21,14 +21,18 @@ dopri5        counted      torchdiffeq's adaptive Dormand-Prince 5(4): 2 calls t
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar
 
 from harness.interfaces import Params, Solution, Velocity, added
+from harness.lazy import lazy_import
 from harness.limits import SolverSteps, Tolerance
 from harness.registry import SOLVERS
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 
 class FixedStepParams(Params):

@@ -14,14 +14,19 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import PositiveFloat
-from torch import Tensor
 
 from harness.interfaces import Params
+from harness.lazy import lazy_import
 from harness.spec import named_union
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 
 class TimeSampler(Params):

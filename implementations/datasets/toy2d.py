@@ -31,16 +31,21 @@ Geometries (each is a parameterised family; spec files fix the values):
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
 from pydantic import Field, NonNegativeFloat, PositiveFloat, model_validator
-from torch import Tensor
 
 from harness.interfaces import Params, added
+from harness.lazy import lazy_import
 from harness.limits import Points
 from harness.registry import DATASETS
 from harness.spec import named_union
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 
 class Distribution2D(Params):

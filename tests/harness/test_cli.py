@@ -24,6 +24,21 @@ def test_validate_every_shipped_spec():
     assert result.stdout.count(": ok (") == len(paths)
 
 
+def test_validate_and_spec_errors_do_not_execute_torch():
+    """Reading specs needs only the pydantic models: torch (and the other heavy libraries)
+    load when a run trains or samples, not for ``validate`` or ``list`` of spec folders."""
+    code = ("import sys, glob\nfrom harness.cli import main\nfrom harness.lazy import is_loaded\n"
+            "assert main(['validate', *sorted(glob.glob('specs/*/*.yaml'))]) == 0\n"
+            "assert main(['validate', 'specs/suites/quickstart.yaml', '--set', 'methods.icfm.network.width=0']) == 2\n"
+            "assert main(['list', 'methods']) == 0\n"
+            "heavy = [m for m in ('torch', 'torchdiffeq', 'ot', 'scipy', 'pandas', 'matplotlib') if is_loaded(m)]\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    assert "specs/suites/quickstart.yaml: ok (suite 'quickstart')" in result.stdout
+    assert "network.width: " in result.stderr
+
+
 def test_list_methods_and_metrics():
     methods = run_cli("list", "methods")
     assert methods.returncode == 0

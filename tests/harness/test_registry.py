@@ -54,3 +54,45 @@ def test_base_class_check_and_clear():
     reg.add("y", type("Y", (Base,), {}))
     reg.clear()
     assert reg.names() == []
+
+
+def test_deferred_entry_gives_its_params_without_importing_its_code(tmp_path, monkeypatch):
+    """``defer``: the spec layer reads Params; the module loads on the first ``get`` only."""
+    (tmp_path / "widget_params.py").write_text("class WidgetParams:\n    pass\n")
+    (tmp_path / "widget_impl.py").write_text(
+        "import builtins\nbuiltins.WIDGET_IMPORTS = getattr(builtins, 'WIDGET_IMPORTS', 0) + 1\n"
+        "from widget_params import WidgetParams\n"
+        "class Widget:\n    Params = WidgetParams\n"
+        "class Liar:\n    Params = dict\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import builtins
+    import sys
+
+    monkeypatch.delitem(sys.modules, "widget_impl", raising=False)
+    monkeypatch.setattr(builtins, "WIDGET_IMPORTS", 0, raising=False)
+    from widget_params import WidgetParams
+    reg: Registry[type] = Registry("widget")
+    reg.defer("w", "widget_impl:Widget", WidgetParams)
+    reg.defer("liar", "widget_impl:Liar", WidgetParams)
+    assert reg.params("w") is WidgetParams and "w" in reg and reg.names() == ["liar", "w"]
+    assert builtins.WIDGET_IMPORTS == 0 and "widget_impl" not in sys.modules
+    widget = reg.get("w")
+    assert widget.__name__ == "Widget" and widget.Params is WidgetParams
+    assert reg.get("w") is widget and builtins.WIDGET_IMPORTS == 1  # imported once, then cached
+    with pytest.raises(TypeError, match="widget_impl:Liar declares Params <class 'dict'>"):
+        reg.get("liar")
+    with pytest.raises(UnknownNameError, match="unknown widget 'ww'; did you mean 'w'"):
+        reg.params("ww")
+
+
+def test_deferred_entry_is_checked_against_the_base_class_when_it_loads(tmp_path, monkeypatch):
+    (tmp_path / "gadget_impl.py").write_text("class Gadget:\n    Params = dict\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class Base:
+        pass
+
+    reg: Registry[type] = Registry("thing", base=Base)
+    reg.defer("g", "gadget_impl:Gadget", dict)
+    with pytest.raises(TypeError, match="thing 'g' must subclass Base"):
+        reg.get("g")

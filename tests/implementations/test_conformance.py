@@ -17,7 +17,7 @@ import implementations  # noqa: F401  (fills the registries)
 from harness.interfaces import Batch, Dataset, Method, Solution, Solver
 from harness.measure import NFECounter
 from harness.registry import DATASETS, METHODS, NETWORKS, OPTIMIZERS, SOLVERS
-from implementations.networks import MLP, MLPParams, SinusoidalEmbedding
+from implementations.networks.mlp import MLP, MLPParams, SinusoidalEmbedding
 from tests.conftest import expected_calls
 
 # Tiny settings for entries whose defaults are not enough (or too slow).

@@ -1,22 +1,17 @@
-"""Velocity networks v_θ(x, t).
-
-Every network maps x of shape (batch, *shape) and time t (a 0-d tensor, or shape (batch,))
-to a tensor shaped like x.
-"""
+"""The MLP velocity network (registered, deferred, in ``implementations.networks``)."""
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from harness.interfaces import Params
-from harness.limits import Depth, Width
-from harness.registry import NETWORKS
+from implementations.networks.params import ACTIVATIONS, MLPParams
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
+MODULES: dict[str, type[nn.Module]] = {
     "selu": nn.SELU,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
@@ -25,6 +20,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
     "leaky_relu": nn.LeakyReLU,
 }
+assert set(MODULES) == set(ACTIVATIONS)
 
 
 def broadcast_time(t: Tensor | float, x: Tensor) -> Tensor:
@@ -52,15 +48,6 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-class MLPParams(Params):
-    width: Width = 64
-    depth: Depth = 3  # hidden layers: TorchCFM's "3×64" MLP is depth 3, width 64
-    activation: Literal[tuple(ACTIVATIONS)] = "selu"  # type: ignore[valid-type]
-    time_embedding: Literal["concat", "sinusoidal"] = "concat"
-    time_embedding_dim: Width = 32  # sinusoidal only
-
-
-@NETWORKS.register("mlp")
 class MLP(nn.Module):
     """A fully connected velocity network; time is concatenated to the input, either raw
     (TorchCFM's ``time_varying=True`` MLP) or through a sinusoidal embedding."""
@@ -77,7 +64,7 @@ class MLP(nn.Module):
         else:
             self.embed = None
             t_dim = 1
-        act = ACTIVATIONS[params.activation]
+        act = MODULES[params.activation]
         layers: list[nn.Module] = [nn.Linear(dim + t_dim, params.width), act()]
         for _ in range(params.depth - 1):
             layers += [nn.Linear(params.width, params.width), act()]

@@ -1,0 +1,14 @@
+"""Velocity networks v_θ(x, t).
+
+Every network maps x of shape (batch, *shape) and time t (a 0-d tensor, or shape (batch,))
+to a tensor shaped like x. A network is an ``nn.Module``, so its class cannot exist
+without torch: each is registered deferred, with its ``Params`` model here and its code
+imported when a run first builds one.
+"""
+
+from __future__ import annotations
+
+from harness.registry import NETWORKS
+from implementations.networks.params import MLPParams
+
+NETWORKS.defer("mlp", "implementations.networks.mlp:MLP", MLPParams)
