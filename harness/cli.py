@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
     board.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
     board.add_argument("--rank-by", default=None, help="metric to rank by (default: the suite's rank_by)")
+    board.add_argument("--all", dest="include_older", action="store_true",
+                       help="also show records that the suite as last run no longer produces (other settings, older "
+                            "specs), each configuration in a row of its own")
     return parser
 
 
@@ -104,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite, args.overrides, root=args.specs)
     _check_device(suite, args.suite)
     plan = make_plan(suite)
-    all_keys = {e.key for evals in plan.evals.values() for e in evals}
+    all_keys = set(plan.record_keys)
     if args.only:
         plan = select(plan, args.only)
     results = args.results or Path("results") / "runs" / suite.name
@@ -120,7 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     dirty = dirty_tree_warning(results)
     if dirty:
         print(dirty, file=sys.stderr)
-    summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers)
+    origin = {"suite": args.suite, "overrides": list(args.overrides),
+              "specs": str(args.specs) if args.specs is not None else None}
+    summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers, origin=origin)
     from harness.results import stale_records
 
     stale = stale_records(results, all_keys)
@@ -128,9 +133,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         for path in stale:
             path.unlink()
         print(f"pruned {len(stale)} record(s) that the suite no longer produces", file=sys.stderr)
-    elif stale:
-        print(f"warning: {len(stale)} record(s) in {results / 'records'} are not produced by this suite as it "
-              "stands (older specs); tables mix them in. Rerun with --prune to delete them.", file=sys.stderr)
     print(leaderboard(results, args.format))
     if summary.counts.get("failed"):
         _print_failures(results, all_keys)
@@ -239,7 +241,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if metrics and args.rank_by not in metrics:
             raise SpecError(f"--rank-by: {args.rank_by!r} is not a metric of these records"
                             + did_you_mean(args.rank_by, metrics))
-    print(leaderboard(args.results, args.format, args.rank_by))
+    print(leaderboard(args.results, args.format, args.rank_by, include_older=args.include_older))
     return 0
 
 

@@ -9,6 +9,7 @@ GitHub markdown, LaTeX (booktabs), HTML and CSV.
 from __future__ import annotations
 
 import html
+import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -38,6 +39,12 @@ class Row:
     status: str  # "ok", or the worst status among the seeds
     cells: dict[str, Cell]
     finished: int = 0  # seeds that finished ok: the means are over these
+    variant: str = ""  # what sets this row apart from others of its method and sampler
+
+    @property
+    def label(self) -> str:
+        """The method, with its variant when one method has rows of several configurations."""
+        return f"{self.method} [{self.variant}]" if self.variant else self.method
 
     @property
     def seeds_text(self) -> str:
@@ -72,17 +79,58 @@ def _rank_key(row: Row, rank_by: str) -> tuple:
     """Rows with a value first, best first; rows without one (diverged, failed) last."""
     v = row.cells[rank_by].mean if rank_by in row.cells else None
     missing = v is None or not math.isfinite(v)
-    return (missing, 0.0 if missing else badness(rank_by, v), row.method, row.sampler)
+    return (missing, 0.0 if missing else badness(rank_by, v), row.method, row.variant, row.sampler)
 
 
-def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
-    """Aggregate over seeds and rank; ``frame`` comes from ``results.records_frame``."""
+def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(value, separators=(",", ":"))}
+
+
+def variant_labels(records: list[dict]) -> dict[str, str]:
+    """For each configuration (``config`` of :func:`~harness.results.records_frame`) that
+    shares its dataset, method and sampler with another, the settings that tell it apart,
+    e.g. ``method.optimizer.lr=0.02``; configurations alone in their row get no label."""
+    from harness.plan import config_key, config_spec
+
+    by_row: dict[tuple, dict[str, dict]] = {}
+    for r in records:
+        try:
+            spec = config_spec(r["spec"])
+        except (KeyError, TypeError, AttributeError):
+            continue
+        by_row.setdefault((r["dataset"], r["method"], r["sampler"]), {})[config_key(r["spec"])] = spec
+    labels: dict[str, str] = {}
+    for configs in by_row.values():
+        if len(configs) < 2:
+            continue
+        flat = {key: _flatten(spec) for key, spec in configs.items()}
+        paths = sorted(set().union(*flat.values()))
+        differing = [p for p in paths if len({f.get(p) for f in flat.values()}) > 1]
+        for key, f in flat.items():
+            shown = [f"{p}={json.loads(f[p]) if p in f else '(unset)'}" for p in differing[:2]]
+            more = f", +{len(differing) - 2} more" if len(differing) > 2 else ""
+            labels[key] = ", ".join(shown) + more if shown else f"config {key[:8]}"
+    return labels
+
+
+def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[str, str] | None = None) -> list[Table]:
+    """Aggregate over seeds and rank; ``frame`` comes from ``results.records_frame``. One
+    row per (method, sampler, configuration): records are averaged only with records that
+    differ from them by seed; ``variants`` labels rows of one method that differ otherwise."""
     tables = []
     if frame.empty:
         return tables
+    variants = variants or {}
+    if "config" not in frame:
+        frame = frame.assign(config="")
     for dataset, by_dataset in frame.groupby("dataset", sort=True):
         rows = []
-        for (method, sampler), group in by_dataset.groupby(["method", "sampler"], sort=False):
+        for (method, sampler, config), group in by_dataset.groupby(["method", "sampler", "config"], sort=False):
             ok = group[group["status"] == "ok"]
             worst = max(group["status"], key=lambda s: STATUS_ORDER.get(s, 3))
             cells = {}
@@ -91,7 +139,7 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 summary = summarize(values) if values else None
                 cells[m] = Cell(summary and summary.mean, summary and summary.std, len(values))
             rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells,
-                            int(ok["seed"].nunique())))
+                            int(ok["seed"].nunique()), variants.get(config, "")))
         rows.sort(key=lambda row: _rank_key(row, rank_by))
         for m in metrics:
             vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
@@ -101,7 +149,7 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str) -> list[Table]:
                 continue  # the set-up decides it (a sampler's NFE): nothing to win
             best = min(vals, key=lambda v: badness(m, v))
             winners = [r for r in rows if r.cells[m].mean is not None and badness(m, r.cells[m].mean) == badness(m, best)]
-            if len({r.method for r in winners}) > 1:
+            if len({(r.method, r.variant) for r in winners}) > 1:
                 continue  # a tie between methods marks nothing (one model under several samplers is no tie)
             for r in winners:
                 r.cells[m].best = True
@@ -158,7 +206,7 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
                 metric_cells = [row.status] + ["—"] * (len(table.metrics) - 1)
             else:
                 metric_cells = [_cell_text(row.cells[m], precision, bold) for m in table.metrics]
-            body.append([i if row.status == "ok" else "—", row.method, row.sampler, row.seeds_text, *metric_cells])
+            body.append([i if row.status == "ok" else "—", row.label, row.sampler, row.seeds_text, *metric_cells])
         if fmt == "markdown":
             title = f"### {table.dataset}  (ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds)"
             parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True)
@@ -198,7 +246,7 @@ def _render_csv(tables: list[Table]) -> str:
             for m in metrics:
                 c = row.cells[m]
                 values += ["" if c.mean is None else repr(c.mean), "" if c.std is None else repr(c.std)]
-            writer.writerow([table.dataset, i, row.method, row.sampler, row.seeds, row.status, *values])
+            writer.writerow([table.dataset, i, row.label, row.sampler, row.seeds, row.status, *values])
     return out.getvalue().rstrip("\n")
 
 
@@ -231,9 +279,7 @@ def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -
     its records' DataFrame when the caller has already loaded it."""
     from harness.claims import evaluate, suite_claims
     from harness.claims import render as render_claims
-    from harness.results import read_records, records_frame
-
-    from harness.results import read_suite
+    from harness.results import read_suite, records_frame, suite_records
 
     suite = read_suite(results_dir)
     if suite is None:
@@ -241,8 +287,8 @@ def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -
     claims = suite_claims(suite)
     if not claims:
         return "", []
-    if frame is None:
-        frame = records_frame(read_records(results_dir))
+    if frame is None:  # claims are about the suite as it was run: its own records only
+        frame = records_frame(suite_records(results_dir)[0])
     results = [evaluate(c, frame) for c in claims]
     return render_claims(results, fmt), results
 
@@ -261,20 +307,30 @@ def concurrency_note(records: list[dict], metrics: list[str]) -> str:
             f"machine (--workers); their {', '.join(timed)} are not comparable with runs made alone.")
 
 
-def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None,
-                records: list[dict] | None = None) -> str:
-    """The tables (and, in markdown and HTML, the claims) of ``results_dir``; ``records``
-    when the caller has already read them."""
-    from harness.results import read_records, records_frame
+def older_records_note(older: list[dict], results_dir: Path) -> str:
+    """Why some records of the folder are not in the tables, and how to see them."""
+    if not older:
+        return ""
+    return (f"Left out: {len(older)} record(s) in {results_dir / 'records'} that the suite as last run no longer "
+            f"produces (other settings or older specs); `flowgauge leaderboard {results_dir} --all` shows them as "
+            "rows of their own, `flowgauge run ... --prune` deletes them.")
 
-    records = read_records(results_dir) if records is None else records
+
+def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None,
+                records: list[dict] | None = None, include_older: bool = False) -> str:
+    """The tables (and, in markdown and HTML, the claims) of ``results_dir``; ``records``
+    when the caller has already read them. Only the records of the suite as last run are
+    shown unless ``include_older``; each row is one configuration."""
+    from harness.results import records_frame, suite_records
+
+    records, older = suite_records(results_dir, records, include_older)
     if not records:
-        return f"no records under {results_dir / 'records'}"
+        return f"no records under {results_dir / 'records'}" + (f" ({len(older)} older ones left out)" if older else "")
     loaded = records_frame(records)
     frame = loaded.copy()
     metrics, default_rank, precision = leaderboard_options(results_dir)
     if not metrics:
-        fixed = {"key", "suite", "dataset", "method", "sampler", "seed", "status"}
+        fixed = {"key", "config", "suite", "dataset", "method", "sampler", "seed", "status"}
         metrics = [c for c in frame.columns if c not in fixed]
     rank = rank_by or default_rank
     if rank not in metrics:
@@ -282,12 +338,12 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
     for m in metrics:
         if m not in frame:
             frame[m] = None
-    text = render(build_tables(frame, metrics, rank), fmt, precision)
-    note = concurrency_note(records, metrics)
-    if note and fmt in ("markdown", "html"):
-        text += f"\n\n{note}" if fmt == "markdown" else f"\n<p>{html.escape(note)}</p>"
+    text = render(build_tables(frame, metrics, rank, variant_labels(records)), fmt, precision)
+    notes = [n for n in (concurrency_note(records, metrics), older_records_note(older, results_dir)) if n]
+    if notes and fmt in ("markdown", "html"):
+        text += "".join(f"\n\n{n}" if fmt == "markdown" else f"\n<p>{html.escape(n)}</p>" for n in notes)
     if fmt in ("markdown", "html"):
-        claims, _ = claims_report(results_dir, fmt, loaded)
+        claims, _ = claims_report(results_dir, fmt, None if include_older else loaded)
         if claims:
             text += ("\n\n### Claims\n\n" if fmt == "markdown" else "\n\n<h3>Claims</h3>\n") + claims
     return text

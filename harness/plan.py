@@ -140,15 +140,35 @@ def record_key(train_key: str, spec: dict) -> str:
     })
 
 
+def config_spec(spec: dict) -> dict:
+    """What one row of a leaderboard stands for: a record's spec without its seed, its
+    names, descriptions and claims. Records that agree on it differ only by seed, and only
+    they are averaged together."""
+    parts = {part: _training_part(spec[part]) for part in ("dataset", "method", "hardware", "sampler")}
+    return {**parts, "budget": spec["budget"], "metrics": spec["metrics"]}
+
+
+def config_key(spec: dict) -> str:
+    return spec_hash(config_spec(spec))
+
+
 @dataclass
 class RunPlan:
     suite: SuiteSpec
     trainings: list[TrainJob] = field(default_factory=list)
     evals: dict[str, list[EvalJob]] = field(default_factory=dict)  # by training key
+    selected_from: frozenset[str] | None = None  # the full plan's record keys, after select()
 
     @property
     def num_evals(self) -> int:
         return sum(len(v) for v in self.evals.values())
+
+    @property
+    def record_keys(self) -> frozenset[str]:
+        """The keys of every record the suite produces (also when ``--only`` ran part of it)."""
+        if self.selected_from is not None:
+            return self.selected_from
+        return frozenset(e.key for evals in self.evals.values() for e in evals)
 
 
 def select(plan: RunPlan, patterns: list[str]) -> RunPlan:
@@ -163,7 +183,8 @@ def select(plan: RunPlan, patterns: list[str]) -> RunPlan:
     if not any(plan.evals[key] for key in chosen):
         labels = ", ".join(job.label for job in plan.trainings[:3])
         raise SpecError(f"--only {' '.join(patterns)}: no run of the suite matches (labels look like {labels}, ...)")
-    return RunPlan(plan.suite, list(plan.trainings), {k: (v if k in chosen else []) for k, v in plan.evals.items()})
+    return RunPlan(plan.suite, list(plan.trainings), {k: (v if k in chosen else []) for k, v in plan.evals.items()},
+                   plan.record_keys)
 
 
 def make_plan(suite: SuiteSpec) -> RunPlan:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.leaderboard import badness, header, leaderboard, leaderboard_options
-from harness.results import read_records, records_frame, write_atomic
+from harness.results import records_frame, suite_records, write_atomic
 
 
 def _pyplot():
@@ -196,10 +196,10 @@ def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
 def write_report(results_dir: Path, out: Path | None = None) -> Path:
     """Write ``report.md`` with its plots into ``out`` (default RESULTS_DIR/report)."""
     out = out or results_dir / "report"
-    records = read_records(results_dir)
+    records, older = suite_records(results_dir)  # the suite as last run; older records are noted
     frame = records_frame(records)
     metrics, rank_by, _ = leaderboard_options(results_dir)
-    parts = [f"# {results_dir.name}\n", leaderboard(results_dir, "markdown", records=records)]  # with the claims
+    parts = [f"# {results_dir.name}\n", leaderboard(results_dir, "markdown", records=records + older)]  # with the claims
     if plot_by_method(frame, rank_by, out / f"{rank_by}_by_method.png"):
         parts.append(f"![{rank_by} by method and seed]({rank_by}_by_method.png)")
     cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(frame, c)), None)

@@ -186,6 +186,37 @@ def read_suite(results_dir: Path, quiet: bool = False) -> dict | None:
     return suite
 
 
+def read_suite_file(results_dir: Path) -> dict | None:
+    """The whole of ``results_dir/suite.json``, or None when it is missing or unreadable."""
+    try:
+        document = json.loads((results_dir / "suite.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def current_keys(results_dir: Path) -> set[str] | None:
+    """The keys of the records that the suite, as last run into ``results_dir``, produces;
+    None for results written before suite.json listed them (every record then counts)."""
+    keys = (read_suite_file(results_dir) or {}).get("records")
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return None
+    return set(keys)
+
+
+def suite_records(results_dir: Path, records: list[dict] | None = None,
+                  include_older: bool = False) -> tuple[list[dict], list[dict]]:
+    """(the records that tables show, the older ones left out): records whose key the suite
+    as last run no longer produces (a rerun with other settings, an edited spec) are left
+    out unless ``include_older``; even then they never share a row (see ``config`` in
+    :func:`records_frame`)."""
+    records = read_records(results_dir) if records is None else records
+    keys = current_keys(results_dir)
+    if include_older or keys is None:
+        return records, []
+    return [r for r in records if r["key"] in keys], [r for r in records if r["key"] not in keys]
+
+
 def rekey_records(results_dir: Path) -> int:
     """Give every record the key this version computes from its own contents (its training
     key and stored spec), renaming its file; returns how many changed. For results written
@@ -228,13 +259,22 @@ def final_keys(results_dir: Path) -> set[str]:
 
 
 def records_frame(records: list[dict]):
-    """One row per record: identifiers, status, and one column per metric."""
+    """One row per record: identifiers, ``config`` (the hash of everything but the seed
+    that produced it: records averaged into one table row must agree on it), status, and
+    one column per metric."""
     import pandas as pd
+
+    from harness.plan import config_key
 
     rows = []
     for r in records:
+        try:
+            config = config_key(r["spec"])
+        except (KeyError, TypeError, AttributeError):
+            config = ""  # a record without a usable spec (hand-made, very old): its own kind
         row = {
             "key": r["key"],
+            "config": config,
             "suite": r.get("suite"),
             "dataset": r["dataset"],
             "method": r["method"],

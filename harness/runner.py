@@ -37,7 +37,7 @@ from harness.results import (
     RECORD_SCHEMA,
     final_keys,
     lock_results,
-    read_suite,
+    read_suite_file,
     record_path,
     remove_leftovers,
     write_atomic,
@@ -519,26 +519,32 @@ class Runner:
     def model_path(self, key: str) -> Path:
         return self.results_dir / "models" / f"{key}.pt"
 
-    def run(self, plan: RunPlan, workers: int = 1) -> Summary:
+    def run(self, plan: RunPlan, workers: int = 1, origin: dict | None = None) -> Summary:
+        """Run what ``plan`` has not finished in the results folder. ``origin`` (how the
+        suite was asked for: its reference, ``--set`` overrides and specs root) goes into
+        suite.json, so that ``flowgauge claims`` can compare with the specs as they stand."""
         with lock_results(self.results_dir) as writable:
-            return self._run(plan, workers, writable)
+            return self._run(plan, workers, writable, origin)
 
-    def _run(self, plan: RunPlan, workers: int, writable: bool = True) -> Summary:
+    def _run(self, plan: RunPlan, workers: int, writable: bool = True, origin: dict | None = None) -> Summary:
         summary = Summary()
         done = final_keys(self.results_dir)
         pending = {job.key: [e for e in plan.evals[job.key] if e.key not in done] for job in plan.trainings}
-        suite = {"schema": RECORD_SCHEMA, "suite": canonical(plan.suite)}  # JSON types, as suite.json reads back
+        # suite.json: the suite as resolved (JSON types, as it reads back), the keys of the
+        # records it produces (tables leave out records of older specs) and how it was asked for.
+        suite = {"schema": RECORD_SCHEMA, "suite": canonical(plan.suite), "records": sorted(plan.record_keys),
+                 "origin": origin}
         if not writable:
             todo = sum(len(evals) for evals in pending.values())
             if todo:
                 raise StorageError(f"{self.results_dir} cannot be written (read-only or no permission) and "
                                    f"{todo} evaluation(s) of this plan are not finished there")
-            if read_suite(self.results_dir) != suite["suite"]:
+            if read_suite_file(self.results_dir) != suite:
                 print(f"warning: {self.results_dir / 'suite.json'} is not this suite's and cannot be rewritten "
                       "(read-only); the tables keep its options", file=sys.stderr)
         else:
             remove_leftovers(self.results_dir)  # safe: the lock says no other run owns them
-            if read_suite(self.results_dir, quiet=True) != suite["suite"]:
+            if read_suite_file(self.results_dir) != suite:
                 write_json_atomic(self.results_dir / "suite.json", suite)
         for job in plan.trainings:
             for _ in range(len(plan.evals[job.key]) - len(pending[job.key])):

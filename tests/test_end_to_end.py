@@ -239,16 +239,32 @@ def test_record_keys_ignore_descriptions_and_rekey_restores_old_records(tmp_path
     assert run_cli("rekey", str(tmp_path / "nowhere")).returncode == 2
 
 
-def test_records_the_suite_no_longer_produces_are_reported_and_pruned(tmp_path):
+def test_records_the_suite_no_longer_produces_are_left_out_shown_apart_and_pruned(tmp_path):
+    """A rerun with other settings into the same folder: the table shows the suite as it was
+    last run (one configuration, its own seed count), notes what it left out, ``--all``
+    shows the older configuration in a row of its own, labelled by what differs."""
     out = tmp_path / "r"
     base = ["run", "quickstart", "--results", str(out), "--no-progress", "--set", "datasets=[moons]",
-            "--set", "methods=[icfm]", "--set", "samplers=[euler-1]", *sum((["--set", t] for t in TINY), [])]
-    assert run_cli(*base).returncode == 0
-    changed = run_cli(*base, "--set", "metrics=[w2]")  # new evaluation part: a new record key
+            "--set", "methods=[icfm]", "--set", "samplers=[euler-1]", "--set", "metrics=[w2]",
+            *sum((["--set", t] for t in TINY), [])]
+    first = run_cli(*base)
+    assert first.returncode == 0
+    changed = run_cli(*base, "--set", "methods.icfm.optimizer.lr=0.02")  # a new training, a new record
     assert changed.returncode == 0
-    assert "warning: 1 record(s)" in changed.stderr and "--prune" in changed.stderr
     assert len(list((out / "records").glob("*.json"))) == 2
-    pruned = run_cli(*base, "--set", "metrics=[w2]", "--prune")
+    (old_row,) = [line for line in first.stdout.splitlines() if "| icfm " in line]
+    (new_row,) = [line for line in changed.stdout.splitlines() if "| icfm " in line]
+    assert new_row != old_row and "| 1 " in new_row  # one seed, one learning rate: not a mean over both
+    assert "Left out: 1 record(s)" in changed.stdout and "--all" in changed.stdout and "--prune" in changed.stdout
+    fresh = run_cli(*[a if a != str(out) else str(tmp_path / "fresh") for a in base],
+                    "--set", "methods.icfm.optimizer.lr=0.02")
+    assert [line for line in fresh.stdout.splitlines() if "| icfm " in line] == [new_row]
+    both = run_cli("leaderboard", str(out), "--all", "--format", "csv").stdout.splitlines()
+    assert [line.split(",")[2] for line in both[1:]] == sorted(
+        ["icfm [method.optimizer.lr=0.001]", "icfm [method.optimizer.lr=0.02]"],
+        key=lambda label: [line for line in both if label in line][0].split(",")[1])
+    assert all(line.split(",")[4] == "1" for line in both[1:])  # each row one seed
+    pruned = run_cli(*base, "--set", "methods.icfm.optimizer.lr=0.02", "--prune")
     assert pruned.returncode == 0 and "pruned 1 record(s)" in pruned.stderr
     (record,) = read_records(out)
-    assert set(record["metrics"]) == {"w2"}
+    assert record["spec"]["method"]["optimizer"]["lr"] == 0.02
