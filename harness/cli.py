@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", action="append", default=[], metavar="GLOB",
                      help="run only the trainings whose label DATASET/METHOD/seedN matches GLOB (shell-style, "
                           "repeatable), e.g. '*/2-rectified-flow/*'; their teachers train as needed")
+    run.add_argument("--rerun", action="store_true",
+                     help="train and evaluate again instead of reusing finished records and trained models (with "
+                          "--only: the selected runs; their teachers' models are reused unless selected too)")
     run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                      help="run up to N trainings at once in local worker processes (default 1: inline); "
                           "timings then share the machine, which records note")
@@ -81,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
 
     rekey = sub.add_parser("rekey", help="re-key the records of RESULTS_DIR after an upgrade changed record keys")
     rekey.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    rekey.add_argument("--accept-code", action="store_true",
+                       help="declare that the implementation code as it stands produces these records' numbers (a "
+                            "refactor): records take its fingerprint and new keys, keeping the old one under "
+                            "code_accepted. Check first: rerun a slice and compare")
 
     board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
@@ -125,7 +132,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(dirty, file=sys.stderr)
     origin = {"suite": args.suite, "overrides": list(args.overrides),
               "specs": str(args.specs) if args.specs is not None else None}
-    summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers, origin=origin)
+    summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers, origin=origin,
+                                                             rerun=args.rerun)
     from harness.results import stale_records
 
     stale = stale_records(results, all_keys)
@@ -271,7 +279,8 @@ def cmd_rekey(args: argparse.Namespace) -> int:
 
     if not (args.results / "records").is_dir():
         raise SpecError(f"no records/ in {args.results}: not a flowgauge results directory")
-    changed = rekey_records(args.results)
+    _load_registries()
+    changed = rekey_records(args.results, accept_code=args.accept_code)
     print(f"{changed} record(s) re-keyed in {args.results / 'records'}")
     return 0
 

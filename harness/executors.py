@@ -100,6 +100,13 @@ def _record_failure(results_dir: Path, job: TrainJob, evals: list[EvalJob], why:
     return {"failed": len(evals)} if evals else {}
 
 
+def ready(job: TrainJob, keys: set[str], finished: set[str]) -> bool:
+    """Whether ``job`` may start: its teacher, when it trains in this run (``keys``), has
+    finished (its model is on disk)."""
+    teacher = job.teacher
+    return teacher is None or teacher.key not in keys or teacher.key in finished
+
+
 def run_in_processes(results_dir: Path, jobs: Sequence[TrainJob], pending: dict[str, list[EvalJob]],
                      workers: int, on_done: Callable[[TrainJob, Counts], None]) -> None:
     """Run ``jobs`` (teachers before their students, as the plan orders them) in up to
@@ -114,13 +121,9 @@ def run_in_processes(results_dir: Path, jobs: Sequence[TrainJob], pending: dict[
     waiting = list(jobs)
     running: dict[Any, tuple[multiprocessing.process.BaseProcess, Connection, TrainJob]] = {}
 
-    def ready(job: TrainJob) -> bool:
-        teacher = job.teacher
-        return teacher is None or teacher.key not in keys or teacher.key in finished
-
     try:
         while waiting or running:
-            for job in [j for j in waiting if ready(j)]:
+            for job in [j for j in waiting if ready(j, keys, finished)]:
                 if len(running) >= workers:
                     break
                 waiting.remove(job)

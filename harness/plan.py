@@ -2,8 +2,10 @@
 evaluated with every sampler. Every job carries its canonical spec and a stable key.
 
 The training key hashes only what changes training (dataset, method, hardware, training
-budget, seed; not names or descriptions), so adding a sampler or a metric, or renaming a
-spec, reuses the trained model. The record key adds the evaluation part and the names.
+budget, seed, and the fingerprint of the implementation code: see ``harness.codeversion``;
+not names or descriptions), so adding a sampler or a metric, or renaming a spec, reuses
+the trained model, and editing a method's code retrains it. The record key adds the
+evaluation part (with the solver's code) and the names.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from harness.codeversion import evaluation_code, training_code
 from harness.spec import (
     DatasetSpec,
     EvalBudget,
@@ -59,6 +62,25 @@ def _training_part(spec: Any) -> dict:
     return {k: v for k, v in canonical(spec).items() if k not in DESCRIPTIVE}
 
 
+def training_spec(dataset: dict, method: dict, hardware: dict, budget: dict, seed: int, code: str) -> dict:
+    """What a training key hashes: the training parts of canonical specs, the seed, and
+    the fingerprint of the code that trains."""
+    return {
+        "dataset": _training_part(dataset),
+        "method": _training_part(method),
+        "hardware": _training_part(hardware),
+        "budget": budget,
+        "seed": seed,
+        "code": code,
+    }
+
+
+def training_key_of(record_spec: dict, code: str) -> str:
+    """The training key of a record's run, were it trained by code ``code`` (rekey)."""
+    return spec_hash(training_spec(record_spec["dataset"], record_spec["method"], record_spec["hardware"],
+                                   record_spec["budget"]["train"], record_spec["seed"], code))
+
+
 @dataclass(frozen=True)
 class TrainJob:
     seed: int
@@ -68,15 +90,15 @@ class TrainJob:
     budget: TrainBudget
 
     @cached_property  # frozen: computed once (a large suite asks for keys many times)
+    def code(self) -> str:
+        """The fingerprint of the implementation code this training runs (codeversion)."""
+        return training_code(canonical(self.dataset), canonical(self.method))
+
+    @cached_property
     def spec(self) -> dict:
         """The canonical training part: everything that changes the trained weights."""
-        return {
-            "dataset": _training_part(self.dataset),
-            "method": _training_part(self.method),
-            "hardware": _training_part(self.hardware),
-            "budget": canonical(self.budget),
-            "seed": self.seed,
-        }
+        return training_spec(canonical(self.dataset), canonical(self.method), canonical(self.hardware),
+                             canonical(self.budget), self.seed, self.code)
 
     @cached_property
     def key(self) -> str:
@@ -114,6 +136,7 @@ class EvalJob:
             "sampler": canonical(self.sampler),
             "budget": {"train": canonical(self.train.budget), "eval": canonical(self.budget)},
             "metrics": [canonical(m) for m in self.metrics],
+            "code": {"train": self.train.code, "eval": evaluation_code(canonical(self.sampler))},
         }
 
     @cached_property
@@ -137,6 +160,7 @@ def record_key(train_key: str, spec: dict) -> str:
         "sampler": _training_part(spec["sampler"]),
         "eval": spec["budget"]["eval"],
         "metrics": spec["metrics"],
+        **({"code": spec["code"]} if "code" in spec else {}),  # records made before code was fingerprinted lack it
     })
 
 
@@ -145,7 +169,7 @@ def config_spec(spec: dict) -> dict:
     names, descriptions and claims. Records that agree on it differ only by seed, and only
     they are averaged together."""
     parts = {part: _training_part(spec[part]) for part in ("dataset", "method", "hardware", "sampler")}
-    return {**parts, "budget": spec["budget"], "metrics": spec["metrics"]}
+    return {**parts, "budget": spec["budget"], "metrics": spec["metrics"], "code": spec.get("code")}
 
 
 def config_key(spec: dict) -> str:

@@ -100,6 +100,13 @@ class Registry(Generic[T]):
         """The ``Params`` model of ``name``, without importing a deferred entry's code."""
         return self._lookup(name, loc).Params  # type: ignore[attr-defined]
 
+    def module_of(self, name: str, loc: Loc | None = None) -> str:
+        """The module that defines ``name``'s code, without importing a deferred entry."""
+        entry = self._lookup(name, loc)
+        if isinstance(entry, Deferred):
+            return entry.target.partition(":")[0]
+        return entry.__module__  # type: ignore[attr-defined]
+
     def _lookup(self, name: str, loc: Loc | None) -> T:
         try:
             return self._entries[name]

@@ -217,27 +217,57 @@ def suite_records(results_dir: Path, records: list[dict] | None = None,
     return [r for r in records if r["key"] in keys], [r for r in records if r["key"] not in keys]
 
 
-def rekey_records(results_dir: Path) -> int:
+def rekey_records(results_dir: Path, accept_code: bool = False) -> int:
     """Give every record the key this version computes from its own contents (its training
     key and stored spec), renaming its file; returns how many changed. For results written
-    before a change to the record key, so that a rerun resumes from them."""
-    from harness.plan import record_key
+    before a change to the record key, so that a rerun resumes from them.
+
+    ``accept_code``: also declare that the implementation code as it stands would produce
+    the same numbers (a refactor, an import moved): each record takes the current code
+    fingerprint, and with it new training and record keys; the fingerprint it had is kept
+    under ``code_accepted``, with the modules that differ. Trained models move with their
+    keys. Only after checking that the numbers do not change (rerun a slice and compare)."""
+    from datetime import datetime, timezone
+
+    from harness.codeversion import changed_modules, record_code
+    from harness.plan import record_key, training_key_of
 
     changed = 0
     for path in sorted((results_dir / "records").glob("*.json")):
         try:
             record = load_record(path)
-            key = record_key(record["train_key"], record["spec"])
+            updated = dict(record)
+            spec = record["spec"]
+            if accept_code:
+                code, modules = record_code(spec)
+                if spec.get("code") != code:
+                    accepted = {"from": spec.get("code"), "modules": changed_modules(record.get("code_modules"), spec),
+                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    updated["code_accepted"] = [*record.get("code_accepted", []), accepted]
+                    updated["spec"] = spec = {**spec, "code": code}
+                    updated["code_modules"] = modules
+                    updated["train_key"] = training_key_of(spec, code["train"])
+            updated["key"] = record_key(updated["train_key"], spec)
         except (ValueError, KeyError, TypeError) as err:
             print(f"warning: not re-keyed, unreadable record {path}: {err}", file=sys.stderr)
             continue
-        if key == record["key"]:
+        if updated == record:
             continue
         label = f"{record['dataset']}/{record['method']}/{record['sampler']}/seed{record['seed']}"
-        write_json_atomic(record_path(results_dir, key, label), {**record, "key": key})
-        path.unlink()
+        new_path = record_path(results_dir, updated["key"], label)
+        write_json_atomic(new_path, updated)
+        if new_path != path:
+            path.unlink()
+        _move_model(results_dir, record["train_key"], updated["train_key"])
         changed += 1
     return changed
+
+
+def _move_model(results_dir: Path, old: str, new: str) -> None:
+    for suffix in (".pt", ".json"):
+        source = results_dir / "models" / f"{old}{suffix}"
+        if source.is_file() and not (results_dir / "models" / f"{new}{suffix}").exists():
+            source.rename(results_dir / "models" / f"{new}{suffix}")
 
 
 def stale_records(results_dir: Path, keys: set[str]) -> list[Path]:

@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness import registry as reg
+from harness.codeversion import record_code
 from harness.environment import environment
 from harness.errors import StorageError
 from harness.interfaces import Batch
@@ -519,12 +520,28 @@ class Runner:
     def model_path(self, key: str) -> Path:
         return self.results_dir / "models" / f"{key}.pt"
 
-    def run(self, plan: RunPlan, workers: int = 1, origin: dict | None = None) -> Summary:
+    def run(self, plan: RunPlan, workers: int = 1, origin: dict | None = None, rerun: bool = False) -> Summary:
         """Run what ``plan`` has not finished in the results folder. ``origin`` (how the
         suite was asked for: its reference, ``--set`` overrides and specs root) goes into
-        suite.json, so that ``flowgauge claims`` can compare with the specs as they stand."""
+        suite.json, so that ``flowgauge claims`` can compare with the specs as they stand.
+        ``rerun``: first delete the records, trained models and teacher pairs of every
+        training the plan evaluates, so that they train and evaluate again."""
         with lock_results(self.results_dir) as writable:
+            if rerun and writable:
+                self._forget(plan)
             return self._run(plan, workers, writable, origin)
+
+    def _forget(self, plan: RunPlan) -> None:
+        for job in plan.trainings:
+            if not plan.evals[job.key]:
+                continue  # a teacher that only supplies pairs: kept unless selected itself
+            keys = {e.key for e in plan.evals[job.key]}
+            for path in (self.results_dir / "records").glob("*.json"):
+                if path.stem.rsplit("__", 1)[-1] in keys:
+                    path.unlink()
+            for path in [self.model_path(job.key), self.model_path(job.key).with_suffix(".json"),
+                         *(self.results_dir / "pairs").glob(f"{job.key}__*.pt")]:
+                path.unlink(missing_ok=True)
 
     def _run(self, plan: RunPlan, workers: int, writable: bool = True, origin: dict | None = None) -> Summary:
         summary = Summary()
@@ -697,6 +714,7 @@ class Runner:
             "measurements": measurements,
             "train": train_stats,
             "spec": job.spec,
+            "code_modules": record_code(job.spec)[1],  # the fingerprints behind spec.code, by module
             "environment": {**environment(job.train.hardware.device), "concurrent_runs": self.concurrency},
             "artefacts": artefacts or {},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

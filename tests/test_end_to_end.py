@@ -268,3 +268,47 @@ def test_records_the_suite_no_longer_produces_are_left_out_shown_apart_and_prune
     assert pruned.returncode == 0 and "pruned 1 record(s)" in pruned.stderr
     (record,) = read_records(out)
     assert record["spec"]["method"]["optimizer"]["lr"] == 0.02
+
+def _tamper_code(out: Path) -> Path:
+    """Make the one record of ``out`` look made by other code (flow_matching.py differed)."""
+    from harness.plan import record_key, training_key_of
+
+    (path,) = (out / "records").glob("*.json")
+    record = json.loads(path.read_text())
+    record["spec"]["code"]["train"] = "0" * 16
+    record["code_modules"]["implementations.flow_matching"] = "0" * 16
+    record["train_key"] = training_key_of(record["spec"], "0" * 16)
+    record["key"] = record_key(record["train_key"], record["spec"])
+    path.unlink()
+    new = path.with_name(path.name.rsplit("__", 1)[0] + f"__{record['key']}.json")
+    new.write_text(json.dumps(record))
+    return new
+
+
+def test_changed_code_retrains_rerun_forces_it_and_accept_code_keeps_a_refactor(tmp_path):
+    out = tmp_path / "r"
+    base = ["run", "quickstart", "--results", str(out), "--no-progress", "--set", "datasets=[moons]",
+            "--set", "methods=[icfm]", "--set", "samplers=[euler-1]", "--set", "metrics=[w2]",
+            *sum((["--set", t] for t in TINY), [])]
+    first = run_cli(*base)
+    assert first.returncode == 0 and "1 ok;" in first.stderr
+    assert "1 cached;" in run_cli(*base).stderr
+    rerun = run_cli(*base, "--rerun")  # forced: trains and evaluates again, to the same numbers
+    assert rerun.returncode == 0 and "1 ok;" in rerun.stderr and rerun.stdout == first.stdout
+    (record,) = read_records(out)
+    assert record["spec"]["code"]["train"] and "implementations.flow_matching" in record["code_modules"]
+
+    _tamper_code(out)  # records of other code are not served as this code's numbers
+    retrained = run_cli(*base)
+    assert "1 ok;" in retrained.stderr and "Left out: 1 record(s)" in retrained.stdout
+    both = run_cli("leaderboard", str(out), "--all", "--format", "csv").stdout
+    assert "icfm [code.train=0000000000000000]" in both
+
+    run_cli(*base, "--prune")
+    _tamper_code(out)  # ... unless the change is declared not to alter numbers
+    accepted = run_cli("rekey", str(out), "--accept-code")
+    assert accepted.returncode == 0 and "1 record(s) re-keyed" in accepted.stdout
+    assert "1 cached;" in run_cli(*base).stderr
+    (record,) = read_records(out)
+    (note,) = record["code_accepted"]
+    assert note["from"]["train"] == "0" * 16 and note["modules"] == ["implementations.flow_matching"]

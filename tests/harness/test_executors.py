@@ -27,6 +27,22 @@ CHAIN = ["budget.train.steps=30", "budget.eval.num_samples=200", "budget.eval.re
          "methods.2-rectified-flow-distilled.teacher.num_pairs=300", "samplers=[euler-1, euler-100]"]
 
 
+def test_a_student_waits_for_its_teacher_and_only_for_it():
+    """The scheduling rule on its own (the process test below would see a wrong order only
+    when timing lets a student reach a free worker before its teacher ends)."""
+    from harness.executors import ready
+
+    plan = make_plan(load_suite("rectified-flow-toy", CHAIN, root=SPECS))
+    keys = {job.key for job in plan.trainings}
+    distilled = next(j for j in plan.trainings if j.teacher is not None and j.teacher.teacher is not None)
+    reflow, first = distilled.teacher, distilled.teacher.teacher
+    assert ready(first, keys, set())
+    assert not ready(reflow, keys, set()) and not ready(reflow, keys, {distilled.key})
+    assert ready(reflow, keys, {first.key})
+    assert not ready(distilled, keys, {first.key}) and ready(distilled, keys, {first.key, reflow.key})
+    assert ready(distilled, keys - {reflow.key}, set())  # a teacher trained earlier, not in this run
+
+
 def test_worker_processes_match_the_inline_runner_and_keep_teachers_first(tmp_path):
     plan = make_plan(load_suite("rectified-flow-toy", CHAIN, root=SPECS))
     assert len(plan.trainings) == 6  # a 1-RF -> 2-RF -> distilled chain per seed

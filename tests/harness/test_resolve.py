@@ -135,6 +135,8 @@ def test_committed_results_keep_their_keys(suite):
 
     from tests.conftest import PROJECT
 
+    from harness.codeversion import changed_modules
+
     records = sorted((PROJECT / "results" / suite / "records").glob("*.json"))
     assert records, f"no committed records for {suite}"
     plan = make_plan(load_suite(suite, root=SPECS))
@@ -142,5 +144,10 @@ def test_committed_results_keep_their_keys(suite):
     record_keys = {e.key for evals in plan.evals.values() for e in evals}
     for path in records:
         record = json.loads(path.read_text())
+        changed = changed_modules(record.get("code_modules"), record["spec"])
+        assert not changed, (
+            f"results/{suite}/records/{path.name} was made by other code: {', '.join(changed)} changed since. "
+            f"If the change alters numbers, rerun the suite; if it cannot (check: rerun a slice and compare), "
+            f"`flowgauge rekey --accept-code results/{suite}` and commit the re-keyed records")
         assert record["train_key"] in train_keys, path.name
         assert record["key"] in record_keys, path.name
