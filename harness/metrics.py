@@ -40,7 +40,8 @@ class EvalContext:
     steps: float | None = None
     latency_s: float | None = None
     num_samples: int = 0
-    peak_memory_mib: float | None = None
+    peak_memory_mib: float | None = None  # the process's peak while sampling
+    memory_added_mib: float | None = None  # that peak minus what the process held as sampling began
     train: dict[str, Any] = field(default_factory=dict)
     num_params: int | None = None
 
@@ -227,9 +228,18 @@ def _throughput(ctx: EvalContext, params: NoParams) -> float | None:
     return None if not ctx.latency_s else ctx.num_samples / ctx.latency_s
 
 
+@metric("memory_added", unit="MiB", higher_is_better=False, needs={"memory"})
+def _memory_added(ctx: EvalContext, params: NoParams) -> float | None:
+    """Memory that sampling added at its peak: the peak during sampling minus what the
+    process held as it began (resident set on CPU, allocated tensors on CUDA); the cost of
+    sampling itself, not of torch, the model and the data already loaded."""
+    return ctx.memory_added_mib
+
+
 @metric("peak_memory", unit="MiB", higher_is_better=False, needs={"memory"})
 def _peak_memory(ctx: EvalContext, params: NoParams) -> float | None:
-    """Peak memory while sampling: process RSS on CPU, allocated memory on CUDA."""
+    """The whole process's peak while sampling (resident set on CPU, allocated tensors on
+    CUDA): torch, the model and the data included. ``memory_added`` is sampling's own share."""
     return ctx.peak_memory_mib
 
 

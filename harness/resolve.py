@@ -143,6 +143,7 @@ class Resolver:
         self.overrides = list(overrides or [])
         self._used: set[int] = set()
         self._teacher_chain: list[str] = []
+        self._claim_locs: dict[tuple[str, int], Loc] = {}  # (method, index) -> where the claim is written
 
     # -- finding and loading files -------------------------------------------------------
 
@@ -237,6 +238,8 @@ class Resolver:
         out = []
         for i, claim in enumerate(claims):
             loc = source.loc(("claims", i))
+            if default_method is not None:
+                self._claim_locs[(default_method, i)] = loc
             if claim.relation is None and claim.method is None:
                 if default_method is None:
                     raise SpecError(f"claims[{i}]: a suite claim needs method:", loc)
@@ -252,6 +255,20 @@ class Resolver:
                                     + did_you_mean(method, methods), loc)
             out.append(claim)
         return out
+
+    def _check_claim_samplers(self, claim: Claim, samplers: list[str], where: str, loc: Loc | None) -> None:
+        """Every measured term of a claim names one sampler: a known one, and, when the
+        suite has several, explicitly (a claim about "the" sampler would be ambiguous)."""
+        terms = ([(claim.method, claim.sampler)] if claim.relation is None
+                 else [(t.method, t.sampler or claim.sampler) for t in parse_relation(claim.relation).terms()])
+        for method, sampler in terms:
+            if sampler is None and len(samplers) > 1:
+                raise SpecError(f"{where}: the suite samples with {len(samplers)} samplers ({', '.join(samplers)}); "
+                                f"say which one the claim is about: sampler: NAME, or {method}@NAME in a relation",
+                                loc)
+            if sampler is not None and sampler not in samplers and sampler not in self.names("samplers"):
+                raise SpecError(f"{where}: no sampler {sampler!r} in the suite or in specs/samplers"
+                                + did_you_mean(sampler, samplers), loc)
 
     def _teacher(self, spec: MethodSpec, source: Source) -> TeacherSpec:
         """Resolve ``teacher.method`` and ``teacher.sampler``; a teacher chain may not loop."""
@@ -348,6 +365,13 @@ class Resolver:
             raise SpecError(f"{runs} evaluations (seeds x datasets x methods x samplers) is more than a suite may "
                             f"hold ({MAX_RUNS}); split it into several suites", source.loc())
         claims = self._claims(raw.claims, source, methods=[m.name for m in resolved["methods"]])
+        samplers = [s.name for s in resolved["samplers"]]
+        for i, claim in enumerate(claims):
+            self._check_claim_samplers(claim, samplers, f"claims[{i}]", source.loc(("claims", i)))
+        for method in resolved["methods"]:
+            for i, claim in enumerate(method.claims):
+                self._check_claim_samplers(claim, samplers, f"method {method.name}: claims[{i}]",
+                                           self._claim_locs.get((method.name, i)))
         return SuiteSpec(
             claims=claims,
             name=raw.name,

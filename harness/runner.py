@@ -468,6 +468,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
         latency_s=timing.median,
         num_samples=n,
         peak_memory_mib=memory.result.get("peak_mib"),
+        memory_added_mib=memory.result.get("peak_above_start_mib"),
         train=train_stats,
         num_params=train_stats.get("num_params"),
     )

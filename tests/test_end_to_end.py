@@ -23,7 +23,7 @@ budget:
 datasets: [moons]
 methods: [icfm, rectified-flow]
 samplers: [euler-1, heun-8, dopri5]
-metrics: [w2, mmd, nfe, steps, latency, throughput, peak_memory, train_time]
+metrics: [w2, mmd, nfe, steps, latency, throughput, peak_memory, memory_added, train_time]
 """
 
 
@@ -85,6 +85,10 @@ def test_nfe_and_steps_per_sampler_are_counted(tmp_path):
     assert m["nfe"] == 2 + 6 * (m["steps"] + m["rejected_steps"])
     lat = by_sampler["heun-8"]["measurements"]["latency"]
     assert lat["repeats"] == 2 and lat["min"] <= lat["median"] <= lat["max"]
+    for record in by_sampler.values():  # sampling 256 points adds little to a process holding torch
+        metrics = record["metrics"]
+        assert 0 <= metrics["memory_added"] < 0.25 * metrics["peak_memory"], metrics
+        assert metrics["memory_added"] == record["measurements"]["memory"]["peak_above_start_mib"]
 
 
 def test_resume_keeps_finished_records_and_reuses_the_model(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from harness import measure
@@ -48,3 +49,19 @@ def test_nfe_counts_network_evaluations_per_sample():
     assert counter.nfe(7) == 25 / 7
     counter.reset()
     assert counter.calls == counter.evaluations == 0
+
+
+def test_peak_memory_counts_the_block_and_memory_added_only_what_it_allocated():
+    """A block that holds 256 MiB at its peak: the process peak includes torch and the
+    rest (more than 256 MiB); the amount added is the 256 MiB, within the allocator's slack."""
+    from harness.measure import PeakMemory
+
+    with PeakMemory("cpu") as mem:
+        block = torch.ones(64 * 1024 * 1024)  # 256 MiB of float32, written so it is resident
+        block.add_(1.0)
+        del block
+    if not mem.result["method"].startswith("process peak RSS"):
+        pytest.skip("no /proc/self/clear_refs here: the peak is the whole process's so far")
+    added, peak = mem.result["peak_above_start_mib"], mem.result["peak_mib"]
+    assert 250 <= added <= 290, added
+    assert peak >= added + 50  # the process held torch and the test's own state before the block

@@ -259,3 +259,35 @@ def test_alias_bombs_and_deep_nesting_are_refused_before_they_expand(tmp_path, c
     assert message in err and len(err.splitlines()) == 1, err
     if line is not None:
         assert f"bomb.yaml:{line}: " in err
+
+
+CLAIM = "claims:\n  - {source: {paper: P}, dataset: moons, %s}\n"
+
+
+def test_a_claim_without_sampler_in_a_suite_of_several_samplers_is_ambiguous(spec_root):
+    two = SUITE.replace("samplers: [euler-1]", "samplers: [euler-1, heun-8]")
+    result, out = _run(spec_root, two + CLAIM % "method: icfm, metric: w2, value: 0.1, tolerance: {rel: 0.5}")
+    _expect_error(result, "bad.yaml:12:", "the suite samples with 2 samplers (euler-1, heun-8); say which one", out)
+    result, out = _run(spec_root, two + CLAIM % 'relation: "w2(icfm@heun-8) < w2(icfm)"')
+    _expect_error(result, "bad.yaml:12:", "or icfm@NAME in a relation", out)
+    named = two + CLAIM % 'relation: "w2(icfm@heun-8) < w2(icfm@euler-1)"'
+    assert run_cli("--specs", str(spec_root), "validate", str(spec_root / "suites" / "bad.yaml"),
+                   ).returncode == 2  # the file still holds the last bad suite
+    write(spec_root / "suites" / "bad.yaml", named)
+    assert run_cli("--specs", str(spec_root), "validate", str(spec_root / "suites" / "bad.yaml")).returncode == 0
+    one = SUITE + CLAIM % "method: icfm, metric: w2, value: 0.1, tolerance: {rel: 0.5}"  # one sampler: no doubt
+    write(spec_root / "suites" / "bad.yaml", one)
+    assert run_cli("--specs", str(spec_root), "validate", str(spec_root / "suites" / "bad.yaml")).returncode == 0
+
+
+def test_a_claim_naming_an_unknown_sampler(spec_root):
+    result, out = _run(spec_root, SUITE + CLAIM % 'relation: "w2(icfm@euler-11) < w2(icfm@euler-1)"')
+    _expect_error(result, "bad.yaml:12:", "no sampler 'euler-11' in the suite or in specs/samplers; did you mean", out)
+
+
+def test_a_method_specs_claim_is_checked_against_the_suite_and_located_in_its_file(spec_root):
+    write(spec_root / "methods" / "claimy.yaml", "implementation: cfm\nclaims:\n"
+          "  - {source: {paper: P}, dataset: moons, metric: w2, value: 0.1, tolerance: {rel: 0.5}}\n")
+    two = SUITE.replace("samplers: [euler-1]", "samplers: [euler-1, heun-8]").replace("[icfm]", "[claimy]")
+    result, out = _run(spec_root, two)
+    _expect_error(result, "claimy.yaml:3:", "method claimy: claims[0]: the suite samples with 2 samplers", out)
