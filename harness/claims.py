@@ -257,6 +257,8 @@ def _evaluate_value(claim: Claim, frame: Any) -> ClaimResult:
     if shortfall := term.shortfall(claim.min_seeds):
         return ClaimResult(claim, "inconclusive", measured, shortfall)
     interval = stats.mean_difference(summary, claim.value, claim.std, claim.seeds)
+    if interval is None:  # min_seeds: 1 and one seed: no spread, so no interval
+        return ClaimResult(claim, "inconclusive", measured, "one seed: its spread is unknown, no interval can be formed")
     delta = claim.tolerance.margin(claim.value, claim.std)
     measured += f"; difference {interval.describe()}"
     verdict = stats.within(interval, -delta, delta)

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check spec files without running anything")
     validate.add_argument("paths", nargs="+", type=Path, metavar="SPEC")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("--kind", choices=("suites", "methods", "datasets", "samplers", "hardware"), default=None,
+                          help="the kind of every SPEC (default: the folder it is in, else what its keys say)")
 
     lst = sub.add_parser("list", help="list what specs and registries provide")
     lst.add_argument("kind", choices=LIST_KINDS)
@@ -130,8 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     dirty = dirty_tree_warning(results)
     if dirty:
         print(dirty, file=sys.stderr)
-    origin = {"suite": args.suite, "overrides": list(args.overrides),
-              "specs": str(args.specs) if args.specs is not None else None}
+    origin = _origin(args)
     summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers, origin=origin,
                                                              rerun=args.rerun)
     from harness.results import stale_records
@@ -149,6 +150,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dirty:
         print(dirty, file=sys.stderr)
     return EXIT_FAILED_RUNS if summary.counts.get("failed") else 0
+
+
+def _origin(args: argparse.Namespace) -> dict:
+    """How the suite was asked for, with absolute paths, so that ``claims`` can read its
+    specs again from anywhere: the suite (a name under the specs root, or a file), the
+    ``--set`` overrides and the specs root."""
+    from harness.resolve import default_specs_root
+
+    suite = Path(args.suite)
+    by_path = args.suite.endswith((".yaml", ".yml")) or os.sep in args.suite
+    root = args.specs if args.specs is not None else (None if by_path else default_specs_root())
+    return {"suite": str(suite.resolve()) if by_path else args.suite, "overrides": list(args.overrides),
+            "specs": str(root.resolve()) if root is not None else None}
 
 
 def _check_device(suite, ref: str) -> None:
@@ -192,15 +206,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.paths:  # every file is checked, whatever the ones before it gave
         try:
-            spec = Resolver(args.specs, overrides).validate_file(path)
-        except SpecError as err:
-            if len(args.paths) == 1:
-                raise
-            print(f"error: {err}" if err.loc is None else str(err), file=sys.stderr)
+            spec = Resolver(args.specs, overrides).validate_file(path, args.kind)
+        except SpecError as err:  # every error of the file, one per line
+            for line in err.all():
+                print(line if err.loc is not None else f"error: {line}", file=sys.stderr)
             bad += 1
             continue
         print(f"{display_path(path)}: ok ({type(spec).__name__.removesuffix('Spec').lower()} {spec.name!r})")
-    if bad:
+    if bad and len(args.paths) > 1:
         print(f"{bad} of {len(args.paths)} files have errors", file=sys.stderr)
     return EXIT_USER_ERROR if bad else 0
 

@@ -19,10 +19,17 @@ class Loc:
 class SpecError(Exception):
     """A mistake in user input. The CLI prints ``str(err)`` on one line and exits 2."""
 
-    def __init__(self, message: str, loc: Loc | None = None):
+    def __init__(self, message: str, loc: Loc | None = None, more: list[SpecError] | None = None):
         super().__init__(message)
         self.message = message
         self.loc = loc
+        self.more = list(more or [])  # further errors found in the same check (``validate`` prints them all)
+
+    def all(self) -> list[str]:
+        """This error and every further one, each on its own line as the CLI prints them;
+        this one without its "(and N more errors)" count."""
+        first = SpecError(self.message.split(" (and ", 1)[0] if self.more else self.message, self.loc)
+        return [str(first), *(str(e) for e in self.more)]
 
     def __str__(self) -> str:
         return one_line(f"{self.loc}: {self.message}" if self.loc else self.message)

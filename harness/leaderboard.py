@@ -274,23 +274,66 @@ def leaderboard_options(results_dir: Path) -> tuple[list[str], str, int]:
     return metrics, lb.rank_by, lb.precision
 
 
+def current_claims(results_dir: Path, stored: dict) -> tuple[dict, list[str]]:
+    """The suite whose claims to check, and notes for the reader. Claims are descriptive
+    (editing them keeps every record), so they are read from the suite's specs as they
+    stand now, found again through suite.json's ``origin``; the stored suite is the
+    fallback when the specs cannot be read. A note says when the claims changed since the
+    run, and when the specs changed in more than their claims (the records then describe
+    the suite as it was run, not as it stands)."""
+    from harness.claims import suite_claims
+    from harness.errors import SpecError
+    from harness.plan import canonical, make_plan
+    from harness.resolve import load_suite
+    from harness.results import current_keys, read_suite_file
+
+    origin = (read_suite_file(results_dir) or {}).get("origin")
+    if not isinstance(origin, dict) or not isinstance(origin.get("suite"), str):
+        return stored, []
+    try:
+        root = Path(origin["specs"]) if origin.get("specs") else None
+        suite = load_suite(origin["suite"], list(origin.get("overrides") or []), root=root)
+    except SpecError as err:
+        return stored, [f"Note: the claims are those stored at run time; the suite's specs cannot be read now ({err})."]
+    now = canonical(suite)
+    notes = []
+    if [c.model_dump() for c in suite_claims(now)] != [c.model_dump() for c in suite_claims(stored)]:
+        notes.append(f"Note: the claims changed since the run; these verdicts use them as {origin['suite']} "
+                     "states them now.")
+    keys = current_keys(results_dir)
+    if keys is not None and set(make_plan(suite).record_keys) != keys:
+        notes.append(f"Note: {origin['suite']} (or the code it runs) changed since the run in more than its claims; "
+                     "the verdicts are on the records of the suite as it was run. Rerun it for records of the suite "
+                     "as it stands.")
+    return now, notes
+
+
 def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -> tuple[str, list]:
     """The claims table of a results directory and the verdicts behind it; ``frame`` is
-    its records' DataFrame when the caller has already loaded it."""
+    its records' DataFrame when the caller has already loaded it. Notes (claims changed
+    since the run, say) come first, as paragraphs."""
     from harness.claims import evaluate, suite_claims
     from harness.claims import render as render_claims
     from harness.results import read_suite, records_frame, suite_records
 
-    suite = read_suite(results_dir)
-    if suite is None:
+    stored = read_suite(results_dir)
+    if stored is None:
         return "", []
+    suite, notes = current_claims(results_dir, stored)
     claims = suite_claims(suite)
     if not claims:
         return "", []
     if frame is None:  # claims are about the suite as it was run: its own records only
         frame = records_frame(suite_records(results_dir)[0])
     results = [evaluate(c, frame) for c in claims]
-    return render_claims(results, fmt), results
+    text = render_claims(results, fmt)
+    if notes and fmt == "markdown":
+        text = "\n\n".join(notes) + "\n\n" + text
+    elif notes and fmt == "html":
+        text = "".join(f"<p>{html.escape(n)}</p>\n" for n in notes) + text
+    elif notes:
+        print("\n".join(notes), file=sys.stderr)
+    return text, results
 
 
 TIMING_NEEDS = {"latency", "memory", "train"}

@@ -424,9 +424,41 @@ class Resolver:
 
     # -- single files (flowgauge validate) -----------------------------------------------
 
-    def validate_file(self, path: Path) -> StrictModel:
-        """Validate one spec file; its kind is the folder it sits in (or a suite)."""
-        kind = path.parent.name if path.parent.name in SPEC_KINDS else "suites"
+    def kind_of(self, path: Path) -> str:
+        """The kind of spec in ``path``: the specs folder it sits in (``methods/``, ...),
+        else what its keys say (a ``solver`` is a sampler, a ``device`` a hardware target,
+        a registered method or dataset ``implementation`` a method or a dataset, a list of
+        ``methods`` a suite). An ``extends:`` with nothing telling is followed, as far as
+        a parent of the same name can be found in one kind's folder."""
+        if path.parent.name in SPEC_KINDS:
+            return path.parent.name
+        source = load_yaml(path)
+        if not isinstance(source.data, dict):
+            raise SpecError("a spec must be a mapping of keys", source.loc())
+        data = source.data
+        if "solver" in data:
+            return "samplers"
+        if "device" in data:
+            return "hardware"
+        implementation = data.get("implementation")
+        if isinstance(implementation, str):
+            if implementation in reg.METHODS:
+                return "methods"
+            if implementation in reg.DATASETS:
+                return "datasets"
+        if any(key in data for key in ("methods", "datasets", "samplers", "seeds", "budget", "metrics")):
+            return "suites"
+        parent = data.get("extends")
+        if isinstance(parent, str):
+            kinds = [k for k in SPEC_KINDS if k != "suites" and (self.root / k / f"{parent}.yaml").is_file()]
+            if len(kinds) == 1:
+                return kinds[0]
+        raise SpecError(f"cannot tell which kind of spec this is ({', '.join(SPEC_KINDS)}): put it in a folder of "
+                        "that name, or give validate --kind", source.loc())
+
+    def validate_file(self, path: Path, kind: str | None = None) -> StrictModel:
+        """Validate one spec file of ``kind`` (default: :meth:`kind_of`)."""
+        kind = kind or self.kind_of(path)
         if kind == "suites":
             return Resolver(_root_of(path) or self.root, self.overrides).suite(str(path))
         source = self.load_file(kind, path)

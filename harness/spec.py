@@ -249,13 +249,17 @@ def validate(model: type[BaseModel], source: Source, prefix: KeyPath = ()) -> Ba
     try:
         return model.model_validate(source.data)
     except ValidationError as err:
-        errors = err.errors(include_url=False)
-        first = errors[0]
-        path = _data_path(source.data, first["loc"])
-        message = _describe(model, first, path)
-        where = _dotted((*prefix, *path))
-        more = f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-        raise SpecError(f"{where + ': ' if where else ''}{message}{more}", source.loc(path)) from None
+        located: list[SpecError] = []
+        for error in err.errors(include_url=False):
+            path = _data_path(source.data, error["loc"])
+            where = _dotted((*prefix, *path))
+            one = SpecError(f"{where + ': ' if where else ''}{_describe(model, error, path)}", source.loc(path))
+            if all(str(one) != str(e) for e in located):  # a union's alternatives may repeat one mistake
+                located.append(one)
+        located.sort(key=lambda e: e.loc.line if e.loc is not None and e.loc.line is not None else 0)
+        first, rest = located[0], located[1:]
+        more = f" (and {len(rest)} more error{'s' if len(rest) > 1 else ''})" if rest else ""
+        raise SpecError(first.message + more, first.loc, rest) from None
 
 
 def _data_path(data: Any, loc: tuple) -> KeyPath:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shlex
 import shutil
 import signal
@@ -241,6 +242,13 @@ def _judge(case: Case, o: Outcome) -> None:
         allowed_before = ("usage:", "suite ")  # argparse's usage (and its continuation); run's plan line
         if not lines:
             o.problems.append("nothing on stderr")
+            return
+        if "validate" in case.argv:  # validate reports every error of a file, one located line each
+            unlocated = [line for line in lines if not re.match(r"^([^\s:]+(:\d+)?: |error: |--set .*: |usage:| )", line)]
+            if unlocated:
+                o.problems.append(f"an error line without a place: {unlocated[0]!r}")
+            if not any(case.expect in line for line in lines):
+                o.problems.append(f"expected {case.expect!r} in one of {lines[:4]!r}")
             return
         extra = [line for line in lines[:-1] if not line.startswith(allowed_before) and not line.startswith(" ")]
         if extra:

@@ -178,3 +178,40 @@ claims:
     with pytest.raises(SpecError) as info:
         Resolver(spec_root).suite("s")
     assert "suites/s.yaml:7: claims[0]: relation: ends without a term" in str(info.value)
+
+
+def test_claims_follow_the_specs_as_they_stand_and_say_what_changed(spec_root, tmp_path):
+    """Claims are descriptive: editing one after the run changes the verdicts at once (with
+    a note); editing what the records depend on says the records are of the suite as run;
+    a suite that cannot be read any more falls back to the claims stored at run time."""
+    from tests.conftest import TINY, run_cli
+
+    suite = spec_root / "suites" / "c.yaml"
+    text = ("name: c\nhardware: cpu\nseeds: [0]\nbudget: {train: {steps: 40}, eval: {num_samples: 256, warmup: 0}}\n"
+            "datasets: [moons]\nmethods: [icfm]\nsamplers: [euler-1]\nmetrics: [w2]\nclaims:\n"
+            "  - {source: {paper: X}, dataset: moons, method: icfm, metric: w2, value: %s, tolerance: {abs: 0.01},"
+            " min_seeds: 1}\n")
+    write(suite, text % "100.0")
+    out = tmp_path / "out"
+    assert run_cli("--specs", str(spec_root), "run", "c", "--results", str(out), "--no-progress",
+                   *sum((["--set", t] for t in TINY[2:]), [])).returncode == 0
+    before = run_cli("claims", str(out))
+    assert "= 100, " in before.stdout and "Note:" not in before.stdout
+    write(suite, text % "200.0")  # the claim edited, nothing else
+    edited = run_cli("claims", str(out))
+    assert "= 200, " in edited.stdout and "= 100, " not in edited.stdout
+    assert "Note: the claims changed since the run" in edited.stdout and "more than its claims" not in edited.stdout
+    write(suite, (text % "200.0").replace("steps: 40", "steps: 41"))  # the records no longer describe the suite
+    assert "changed since the run in more than its claims" in run_cli("claims", str(out)).stdout
+    suite.unlink()
+    gone = run_cli("claims", str(out))
+    assert gone.returncode == 0 and "= 100, " in gone.stdout and "cannot be read now" in gone.stdout
+
+
+def test_one_seed_allowed_by_min_seeds_is_inconclusive_not_a_crash():
+    """min_seeds: 1 lets one seed through, but one seed has no spread: no t interval, so no
+    verdict either way (it once raised AttributeError on the missing interval)."""
+    claim = Claim(source=SOURCE, dataset="g", method="a", sampler="euler-100", metric="npe", value=0.03,
+                  tolerance={"abs": 0.5}, min_seeds=1)
+    result = evaluate(claim, frame(seeds("a", [0.03])))
+    assert result.verdict == "inconclusive" and "one seed" in result.reason and result.interval is None

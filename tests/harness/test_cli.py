@@ -89,3 +89,33 @@ def test_validate_goes_on_through_every_file(tmp_path):
     err = result.stderr.strip().splitlines()
     assert len(err) == 3 and err[-1] == "2 of 3 files have errors"
     assert err[0].endswith("bad1.yaml:2: batch_size: must be >= 1, got 0") and "unknown method 'cfn'" in err[1]
+
+
+def test_validate_prints_every_error_of_a_file_one_per_line_in_line_order(tmp_path):
+    bad = tmp_path / "specs" / "suites" / "s.yaml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("name: s\nmethods: [icfm]\nbudget: {train: {stepz: 1}}\nseeds: [a]\n")
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2
+    assert [line.split(": ", 1)[1] for line in result.stderr.strip().splitlines()] == [
+        "datasets: required key is missing", "samplers: required key is missing",
+        "budget.train.stepz: unknown key 'stepz'; did you mean 'steps'?", "seeds[0]: expected an integer, got 'a'"]
+    assert [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in result.stderr.strip().splitlines()] == [
+        "1", "1", "3", "4"]
+    run = run_cli("--specs", str(tmp_path / "specs"), "run", str(bad), "--results", str(tmp_path / "out"))
+    assert run.returncode == 2 and run.stderr.strip().endswith("(and 3 more errors)")  # run: one line
+
+
+def test_a_specs_kind_comes_from_its_folder_else_from_its_keys(tmp_path):
+    """A method spec kept outside specs/methods/ is checked as a method, not as a suite."""
+    (tmp_path / "mine.yaml").write_text("implementation: cfm\nbatch_size: 64\nnetwork: {name: mlp, width: 32}\n")
+    (tmp_path / "euler-3.yaml").write_text("solver: euler\nparams: {steps: 3}\n")
+    (tmp_path / "two.yaml").write_text("extends: moons\nparams: {train_size: 100}\n")
+    (tmp_path / "odd.yaml").write_text("foo: 1\n")
+    result = run_cli("validate", *(str(tmp_path / f) for f in ("mine.yaml", "euler-3.yaml", "two.yaml", "odd.yaml")))
+    assert result.stdout.splitlines() == [f"{tmp_path / 'mine.yaml'}: ok (method 'mine')",
+                                          f"{tmp_path / 'euler-3.yaml'}: ok (sampler 'euler-3')",
+                                          f"{tmp_path / 'two.yaml'}: ok (dataset 'two')"]
+    assert "odd.yaml:1: cannot tell which kind of spec this is" in result.stderr and result.returncode == 2
+    forced = run_cli("validate", "--kind", "methods", str(tmp_path / "odd.yaml"))
+    assert "odd.yaml:1: implementation: required key is missing" in forced.stderr
