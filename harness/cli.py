@@ -70,8 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--kind", choices=("suites", "methods", "datasets", "samplers", "hardware"), default=None,
                           help="the kind of every SPEC (default: the folder it is in, else what its keys say)")
 
-    lst = sub.add_parser("list", help="list what specs and registries provide")
-    lst.add_argument("kind", choices=LIST_KINDS)
+    lst = sub.add_parser("list", help="list what specs and registries provide; 'list params NAME': its parameters")
+    lst.add_argument("kind", choices=(*LIST_KINDS, "params"))
+    lst.add_argument("name", nargs="?", help="with 'params': a registered implementation, network, solver, "
+                                              "optimiser, dataset or metric, e.g. cfm")
+
+    show = sub.add_parser("show", help="print a spec resolved, with every default filled in")
+    show.add_argument("spec", metavar="SPEC", help="a spec name (icfm, quickstart, moons, ...) or a file")
+    show.add_argument("--kind", choices=("suites", "methods", "datasets", "samplers", "hardware"), default=None,
+                      help="the kind of SPEC when its name is used by several kinds")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     claims = sub.add_parser("claims", help="check the published claims of a suite against its records")
     claims.add_argument("results", type=Path, metavar="RESULTS_DIR")
@@ -219,6 +227,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from harness.errors import SpecError
+
+    if args.kind == "params":
+        return _list_params(args.name)
+    if args.name is not None:
+        raise SpecError(f"list {args.kind} takes no name (did you mean: flowgauge list params {args.name})")
     if args.kind in ("metrics", "solvers", "networks", "optimizers"):
         _load_registries()
         from harness import registry as reg
@@ -246,6 +260,77 @@ def cmd_list(args: argparse.Namespace) -> int:
             continue
         extra = f"[{data.get(detail, '?')}]" if detail else ""
         print(f"{path.stem:26s} {extra:24s} {data.get('description', '')}".rstrip())
+    return 0
+
+
+PARAM_REGISTRIES = ("METHODS", "NETWORKS", "OPTIMIZERS", "SOLVERS", "DATASETS", "METRICS")
+
+
+def _list_params(name: str | None) -> int:
+    """Every parameter of the entries registered as ``name``, from their pydantic models."""
+    _load_registries()
+    from tabulate import tabulate
+
+    from harness import registry as reg
+    from harness.describe import parameter_rows
+    from harness.errors import SpecError
+
+    registries = [getattr(reg, attr) for attr in PARAM_REGISTRIES]
+    everything = sorted({n for r in registries for n in r.names()})
+    if name is None:
+        raise SpecError("list params NAME: name an implementation, network, optimiser, solver, dataset or metric: "
+                        + ", ".join(everything))
+    found = [r for r in registries if name in r]
+    if not found:
+        raise SpecError(f"list params: nothing is registered as {name!r}" + reg.did_you_mean(name, everything))
+    for i, registry in enumerate(found):
+        entry = registry.get(name)
+        doc = " ".join((entry.__doc__ or "").strip().split("\n\n")[0].split()) if registry is not reg.METRICS \
+            else entry.description
+        if i:
+            print()
+        print(f"{registry.kind} {name}: {doc}".rstrip())
+        model = registry.params(name) if registry is not reg.METRICS else entry.Params
+        rows = parameter_rows(model)
+        print(tabulate(rows, ["key", "type", "default", "description"], tablefmt="github") if rows
+              else "(no parameters)")
+        if registry is reg.METHODS:
+            from harness.spec import MethodSpec
+
+            fields = MethodSpec.model_fields
+            network = fields["network"].get_default(call_default_factory=True)["name"]
+            optimizer = fields["optimizer"].get_default(call_default_factory=True)["name"]
+            print(f"\nIn a method spec these go under params:. Beside them, with their defaults: network: "
+                  f"{{name: {network}}} (list params {network}), optimizer: {{name: {optimizer}}} (list params "
+                  f"{optimizer}), batch_size: {fields['batch_size'].default}, teacher: null. "
+                  "flowgauge show METHOD prints one spec resolved.")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """A spec resolved as a run would use it: ``extends`` followed, defaults filled in."""
+    _load_registries()
+    import yaml
+
+    from harness.errors import SpecError
+    from harness.registry import did_you_mean
+    from harness.resolve import Override, Resolver
+    from harness.spec import SPEC_KINDS
+
+    resolver = Resolver(args.specs, [Override.parse(text) for text in args.overrides])
+    path = Path(args.spec)
+    if not (args.spec.endswith((".yaml", ".yml")) or os.sep in args.spec):
+        kinds = [k for k in ([args.kind] if args.kind else SPEC_KINDS) if (resolver.root / k / f"{args.spec}.yaml").is_file()]
+        if not kinds:
+            names = sorted({n for k in SPEC_KINDS for n in resolver.names(k)})
+            raise SpecError(f"show: no spec named {args.spec!r} under {resolver.root}" + did_you_mean(args.spec, names))
+        if len(kinds) > 1:
+            raise SpecError(f"show: {args.spec!r} names a spec of each of {', '.join(kinds)}; give --kind")
+        path = resolver.root / kinds[0] / f"{args.spec}.yaml"
+    spec = resolver.validate_file(path, args.kind)
+    kind = type(spec).__name__.removesuffix("Spec").lower()
+    print(f"# {kind} {spec.name!r}, resolved from {path} with every default (flowgauge show)")
+    print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100).rstrip())
     return 0
 
 
@@ -309,7 +394,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "validate": cmd_validate, "list": cmd_list, "leaderboard": cmd_leaderboard,
+COMMANDS = {"run": cmd_run, "report": cmd_report, "validate": cmd_validate, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
             "claims": cmd_claims, "rekey": cmd_rekey}
 
 

@@ -119,3 +119,35 @@ def test_a_specs_kind_comes_from_its_folder_else_from_its_keys(tmp_path):
     assert "odd.yaml:1: cannot tell which kind of spec this is" in result.stderr and result.returncode == 2
     forced = run_cli("validate", "--kind", "methods", str(tmp_path / "odd.yaml"))
     assert "odd.yaml:1: implementation: required key is missing" in forced.stderr
+
+
+def test_list_params_reads_the_pydantic_models():
+    cfm = run_cli("list", "params", "cfm")
+    assert cfm.returncode == 0, cfm.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in cfm.stdout.splitlines() if line.startswith("| ")}
+    assert rows["coupling"] == ["one of independent, exact_ot, sinkhorn, gibbs", "independent", ""]
+    assert rows["coupling[sinkhorn].reg"] == ["number > 0 or null", "null", "None: 2σ² of the method's path (SB-CFM)"]
+    assert rows["path[linear].sigma"][:2] == ["number ≥ 0", "0.0"]
+    assert "batch_size: 256" in cfm.stdout and "network: {name: mlp}" in cfm.stdout
+    mlp = run_cli("list", "params", "mlp").stdout
+    assert "| depth" in mlp and "integer ≥ 1, ≤ 1024" in mlp and "hidden layers" in mlp
+    assert "(no parameters)" in run_cli("list", "params", "w2").stdout
+    typo = run_cli("list", "params", "cfn")
+    assert typo.returncode == 2 and "nothing is registered as 'cfn'; did you mean 'cfm'?" in typo.stderr
+    assert run_cli("list", "methods", "cfm").returncode == 2
+
+
+def test_show_prints_a_spec_resolved_with_its_defaults(tmp_path):
+    import yaml
+
+    shown = run_cli("show", "icfm", "--set", "optimizer.lr=0.02")
+    assert shown.returncode == 0, shown.stderr
+    spec = yaml.safe_load(shown.stdout)
+    assert spec["params"]["path"] == {"name": "linear", "sigma": 0.1}  # from the file
+    assert spec["params"]["loss"] == {"name": "mse", "reduce": "mean"}  # a default the file does not state
+    assert spec["network"]["depth"] == 3 and spec["optimizer"]["lr"] == 0.02 and spec["batch_size"] == 256
+    suite = yaml.safe_load(run_cli("show", "quickstart").stdout)
+    assert suite["methods"][0]["name"] == "icfm" and suite["budget"]["train"]["steps"] == 3000
+    missing = run_cli("show", "icmf")
+    assert missing.returncode == 2 and "no spec named 'icmf'" in missing.stderr and "did you mean 'icfm'" in missing.stderr
