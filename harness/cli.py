@@ -292,7 +292,7 @@ def _list_params(name: str | None) -> int:
         print(f"{registry.kind} {name}: {doc}".rstrip())
         model = registry.params(name) if registry is not reg.METRICS else entry.Params
         rows = parameter_rows(model)
-        print(tabulate(rows, ["key", "type", "default", "description"], tablefmt="github") if rows
+        print(tabulate(rows, ["key", "type", "default", "description"], tablefmt="github", disable_numparse=True) if rows
               else "(no parameters)")
         if registry is reg.METHODS:
             from harness.spec import MethodSpec

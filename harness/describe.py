@@ -29,7 +29,7 @@ def _comments(model: type) -> dict[str, str]:
             source = inspect.getsource(cls)
         except (OSError, TypeError):
             continue
-        for match in re.finditer(r"^\s+(\w+)\s*:[^\n#]*#\s*(.+)$", source, re.M):
+        for match in re.finditer(r"^\s+(\w+)\s*:[^\n#]*#\s*(.+)$", source, re.MULTILINE):
             if not match.group(2).startswith(("type:", "noqa")):
                 out[match.group(1)] = match.group(2).strip()
     return out
