@@ -322,5 +322,13 @@ def render(results: list[ClaimResult], fmt: str = "markdown") -> str:
         verdict = r.verdict + (f" ({r.reason})" if r.reason else "")
         rows.append([r.claim.dataset, r.claim.describe(), r.measured, verdict, r.test or "—", source])
     headers = ["dataset", "claim", "measured (mean ± std over seeds; interval)", "verdict", "test", "source"]
-    table_fmt = {"markdown": "github", "latex": "latex_booktabs", "html": "html", "csv": "tsv"}.get(fmt, "github")
+    if fmt == "latex":
+        from harness import latex
+
+        return latex.tabular([latex.escape(h) for h in headers], [[latex.escape(c) for c in r] for r in rows],
+                             "lp{0.24\\linewidth}p{0.22\\linewidth}p{0.12\\linewidth}p{0.1\\linewidth}"
+                             "p{0.12\\linewidth}",
+                             latex.escape("Published claims against these records: verdicts on 95 % intervals "
+                                          "over seeds."), "tab:claims")
+    table_fmt = {"markdown": "github", "html": "html", "csv": "tsv"}.get(fmt, "github")
     return tabulate(rows, headers, tablefmt=table_fmt, disable_numparse=True)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import latex
 from harness.registry import METRICS
 from harness.statistics import summarize
 
@@ -163,6 +165,8 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[st
 
 
 def format_number(v: float | None, precision: int = 4) -> str:
+    """``precision`` significant digits in fixed notation (0.00001234, never 1.234e-05);
+    integers as integers, thousands grouped."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—"
     if float(v).is_integer() and abs(v) < 1e6:
@@ -170,22 +174,32 @@ def format_number(v: float | None, precision: int = 4) -> str:
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     if abs(v) >= 10**precision:
-        return f"{v:.0f}"  # no exponent: 141, not 1.4e+02
-    return f"{v:.{precision}g}"
+        return f"{v:.0f}"
+    decimals = max(0, precision - 1 - math.floor(math.log10(abs(v))))
+    text = f"{v:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def spread_decimals(std: float) -> int:
+    """Decimals that show a spread to two significant digits (0.74, 0.055, 47)."""
+    return max(0, 1 - math.floor(math.log10(std)))
+
+
+def format_mean_std(mean: float | None, std: float | None, precision: int = 4) -> str:
+    """``mean ± std`` with the mean rounded where the spread's second digit is (3.03 ± 0.74,
+    282 ± 47); one seed (no spread) or a spread of 0 (NFE): the mean alone."""
+    if mean is None or not math.isfinite(mean):
+        return "—"
+    if std is None or not math.isfinite(std) or std == 0:
+        return format_number(mean, precision)
+    d = spread_decimals(std)
+    grouped = "," if abs(mean) >= 1000 else ""
+    return f"{mean:{grouped}.{d}f} ± {std:.{d}f}"
 
 
 def _cell_text(cell: Cell, precision: int, bold: tuple[str, str]) -> str:
-    text = format_number(cell.mean, precision)
-    if cell.std is not None:
-        text += f" ± {format_number(cell.std, 2)}"
+    text = format_mean_std(cell.mean, cell.std, precision)
     return f"{bold[0]}{text}{bold[1]}" if cell.best else text
-
-
-_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}"}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text).replace("±", r"$\pm$").replace("—", "--")
 
 
 def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> str:
@@ -209,19 +223,20 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
             body.append([i if row.status == "ok" else "—", row.label, row.sampler, row.seeds_text, *metric_cells])
         if fmt == "markdown":
             title = f"### {table.dataset}  (ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds)"
-            parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True)
+            align = ("right", "left", "left", "right", *["right"] * len(table.metrics))
+            parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True,
+                                                    colalign=align)
                          + "".join(f"\n\n{note}" for note in table.notes))
         elif fmt == "latex":
-            esc = [[_latex_escape(str(c)) if not str(c).startswith("\\textbf") else
-                    "\\textbf{" + _latex_escape(str(c)[8:-1]) + "}" for c in r] for r in body]
-            text = tabulate(esc, [_latex_escape(h).replace("↓", r"$\downarrow$").replace("↑", r"$\uparrow$")
-                                  .replace("→", r"$\to$")
-                                  for h in headers], tablefmt="latex_raw", disable_numparse=True)
-            lines = text.splitlines()
-            hlines = [i for i, line in enumerate(lines) if line.strip() == r"\hline"]
-            for i, rule in zip(hlines, (r"\toprule", r"\midrule", r"\bottomrule")):
-                lines[i] = rule
-            parts.append(f"% {table.dataset}: ranked by {table.rank_by}; best in bold\n" + "\n".join(lines))
+            cells = [[latex.escape(str(c)) for c in r[:4]]
+                     + [(r"\textbf{" + latex.escape(c[len(bold[0]):-1]) + "}") if c.startswith(bold[0])
+                        else latex.escape(c) for c in r[4:]] for r in body]
+            seeds = sorted({row.seeds for row in table.rows})
+            over = f"{seeds[0]} seed{'s' if seeds[0] > 1 else ''}" if len(seeds) == 1 else "seeds"
+            caption = latex.escape(f"{table.dataset}: mean ± std over {over}, ranked by {header(table.rank_by)}; "
+                                   "best in bold.")
+            parts.append(latex.tabular([latex.escape(h) for h in headers], cells, "rllr" + "r" * len(table.metrics),
+                                       caption, "tab:" + re.sub(r"[^A-Za-z0-9:-]", "-", table.dataset)))
         else:
             esc = [[html.escape(str(c)).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for c in r]
                    for r in body]

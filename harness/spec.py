@@ -254,8 +254,8 @@ def validate(model: type[BaseModel], source: Source, prefix: KeyPath = ()) -> Ba
             path = _data_path(source.data, error["loc"])
             where = _dotted((*prefix, *path))
             one = SpecError(f"{where + ': ' if where else ''}{_describe(model, error, path)}", source.loc(path))
-            if all(str(one) != str(e) for e in located):  # a union's alternatives may repeat one mistake
-                located.append(one)
+            if all(e.loc != one.loc or e.message.split(":")[0] != one.message.split(":")[0] for e in located):
+                located.append(one)  # one error per key: a union's alternatives each report the same mistake
         located.sort(key=lambda e: e.loc.line if e.loc is not None and e.loc.line is not None else 0)
         first, rest = located[0], located[1:]
         more = f" (and {len(rest)} more error{'s' if len(rest) > 1 else ''})" if rest else ""

@@ -74,7 +74,7 @@ def test_the_readme_walkthrough_works_as_written(tmp_path):
         assert len(rows) == 2 and any("| dopri5 " in r for r in rows) and any("| euler-8 " in r for r in rows)
         euler = next(r for r in rows if "| euler-8 " in r).split("|")
         assert euler[4].strip() == "1" and float(euler[5].split("±")[0].strip("* ")) > 0  # 1 seed, a w2 value
-        assert "| 8 " in next(r for r in rows if "| euler-8 " in r)  # nfe of 8 Euler steps
+        assert euler[7].strip() == "8"  # nfe (after w2 and mmd): 8 Euler steps
     assert "w2(my-fm@dopri5) < 2 * w2(icfm@dopri5)" in run.stdout and "inconclusive" in run.stdout  # 1 seed < 3
 
     again = flowgauge("run", "my-suite", "--results", "out", *small)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+import re
+
+import pytest
+
 from harness.leaderboard import build_tables, format_number, render
 
 
@@ -39,7 +43,7 @@ def test_best_value_is_marked_in_each_column():
     assert moons.rows[0].cells["w2"].best and not moons.rows[1].cells["w2"].best
     assert moons.rows[1].cells["throughput"].best  # a: mean 200 > 50
     md = render([moons], "markdown")
-    assert "**0.5**" in md and "**200 ± 141**" in md and "2 ± 1.4" in md
+    assert "**0.5**" in md and "**200 ± 141**" in md and "2.0 ± 1.4" in md  # mean to the spread's digits
     assert "w2 ↓" in md and "throughput (samples/s) ↑" in md
 
 
@@ -87,7 +91,7 @@ def test_a_seed_that_did_not_finish_shows_in_the_seeds_column():
     (table,) = build_tables(_frame(rows), ["w2"], "w2")
     (row,) = table.rows
     assert row.seeds_text == "2/3" and row.cells["w2"].mean == 2.0 and row.cells["w2"].n == 2
-    assert "| 2/3 " in render([table], "markdown")
+    assert re.search(r"\|\s+2/3 \|", render([table], "markdown"))
 
 
 def test_unreadable_records_are_skipped_with_their_file_named(tmp_path, capsys):
@@ -150,3 +154,47 @@ def test_columns_the_set_up_decides_and_ties_mark_nothing():
     (moons,) = build_tables(_frame(rows), ["w2", "straightness"], "w2")
     assert [(r.method, r.sampler) for r in moons.rows if r.cells["straightness"].best] == [("a", "euler-8"),
                                                                                            ("a", "euler-1")]
+
+
+def test_mean_rounded_to_the_spread_and_no_exponent_or_zero_spread():
+    from harness.leaderboard import format_mean_std
+
+    assert format_mean_std(3.031, 0.7412) == "3.03 ± 0.74"
+    assert format_mean_std(282.49, 47.2) == "282 ± 47"
+    assert format_mean_std(0.17114, 0.0551) == "0.171 ± 0.055"
+    assert format_mean_std(1234.5, 56.0) == "1,234 ± 56" or format_mean_std(1234.5, 56.0) == "1,235 ± 56"
+    assert format_mean_std(100.0, 0.0) == "100"  # NFE: the set-up fixes it, no "± 0"
+    assert format_mean_std(0.25, None) == "0.25"  # one seed
+    assert format_number(0.0000123456) == "0.00001235" and format_number(123.456) == "123.5"
+
+
+def test_latex_is_ascii_with_the_dataset_in_the_caption_and_numbers_right_aligned():
+    from harness import latex
+
+    assert latex.escape("a_b & 5% ± σ ≥ 2 → é {x}") == (r"a\_b \& 5\% $\pm$ $\sigma$ $\ge$ 2 $\to$ e \{x\}")
+    (table,) = build_tables(_frame(ROWS), ["w2", "throughput"], "w2")[:1]
+    text = render([table], "latex")
+    assert text.isascii()
+    assert r"\caption{moons: mean $\pm$ std over " in text and r"\label{tab:moons}" in text
+    assert r"\begin{tabular}{rllrrr}" in text and r"\toprule" in text and r"\bottomrule" in text
+
+
+def test_latex_tables_and_claims_compile_under_pdflatex(tmp_path):
+    """The committed reproduction's leaderboard and claims, in a bare article with booktabs."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import PROJECT, run_cli
+
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    results = PROJECT / "results" / "rectified-flow-toy"
+    board = run_cli("leaderboard", str(results), "--format", "latex").stdout
+    claims = run_cli("claims", str(results), "--format", "latex").stdout
+    assert board.isascii() and claims.isascii() and r"\caption{rf-gmm:" in board
+    (tmp_path / "t.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                    + board + "\n" + claims + "\n\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (tmp_path / "t.pdf").stat().st_size > 1000

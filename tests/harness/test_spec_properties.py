@@ -162,7 +162,8 @@ def test_any_set_loads_or_is_a_located_error(tmp_path_factory, sets):
 
 @settings(PROPERTY, max_examples=EXAMPLES["cli"])
 @given(key=st.sampled_from(SET_KEYS), value=st.text(max_size=30) | values.map(str))
-def test_validate_with_any_set_exits_0_or_2_with_one_line(tmp_path_factory, key, value):
+def test_validate_with_any_set_exits_0_or_2_with_located_lines(tmp_path_factory, key, value):
+    """validate prints every error it finds, each one line that starts with its place."""
     path = tmp_path_factory.mktemp("cli") / "suite.yaml"
     path.write_text(yaml.safe_dump(BASE))
     out, err = io.StringIO(), io.StringIO()
@@ -172,7 +173,8 @@ def test_validate_with_any_set_exits_0_or_2_with_one_line(tmp_path_factory, key,
     if code == 0:
         assert lines == [] and out.getvalue().endswith("ok (suite 'prop')\n")
     else:
-        assert code == 2 and len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+        assert code == 2 and lines and "Traceback" not in err.getvalue(), err.getvalue()
+        assert all(line.startswith(("--set ", str(path), "error: ")) for line in lines), lines
 
 
 def test_the_good_suite_of_these_properties_loads(tmp_path):
