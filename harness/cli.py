@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="declare that the implementation code as it stands produces these records' numbers (a "
                             "refactor): records take its fingerprint and new keys, keeping the old one under "
                             "code_accepted. Check first: rerun a slice and compare")
+    rekey.add_argument("--note", default=None, help="with --accept-code: how the change was checked, kept in the records")
 
     board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
@@ -378,7 +379,9 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     if not (args.results / "records").is_dir():
         raise SpecError(f"no records/ in {args.results}: not a flowgauge results directory")
     _load_registries()
-    changed = rekey_records(args.results, accept_code=args.accept_code)
+    if args.note is not None and not args.accept_code:
+        raise SpecError("rekey --note goes with --accept-code")
+    changed = rekey_records(args.results, accept_code=args.accept_code, note=args.note)
     print(f"{changed} record(s) re-keyed in {args.results / 'records'}")
     return 0
 

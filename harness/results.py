@@ -217,7 +217,7 @@ def suite_records(results_dir: Path, records: list[dict] | None = None,
     return [r for r in records if r["key"] in keys], [r for r in records if r["key"] not in keys]
 
 
-def rekey_records(results_dir: Path, accept_code: bool = False) -> int:
+def rekey_records(results_dir: Path, accept_code: bool = False, note: str | None = None) -> int:
     """Give every record the key this version computes from its own contents (its training
     key and stored spec), renaming its file; returns how many changed. For results written
     before a change to the record key, so that a rerun resumes from them.
@@ -225,8 +225,8 @@ def rekey_records(results_dir: Path, accept_code: bool = False) -> int:
     ``accept_code``: also declare that the implementation code as it stands would produce
     the same numbers (a refactor, an import moved): each record takes the current code
     fingerprint, and with it new training and record keys; the fingerprint it had is kept
-    under ``code_accepted``, with the modules that differ. Trained models move with their
-    keys. Only after checking that the numbers do not change (rerun a slice and compare)."""
+    under ``code_accepted``, with the modules that differ and ``note`` (how the change was
+    checked). Trained models move with their keys. Only after checking that the numbers do not change (rerun a slice and compare)."""
     from datetime import datetime, timezone
 
     from harness.codeversion import changed_modules, record_code
@@ -242,7 +242,7 @@ def rekey_records(results_dir: Path, accept_code: bool = False) -> int:
                 code, modules = record_code(spec)
                 if spec.get("code") != code:
                     accepted = {"from": spec.get("code"), "modules": changed_modules(record.get("code_modules"), spec),
-                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "note": note}
                     updated["code_accepted"] = [*record.get("code_accepted", []), accepted]
                     updated["spec"] = spec = {**spec, "code": code}
                     updated["code_modules"] = modules

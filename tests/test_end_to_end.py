@@ -316,3 +316,4 @@ def test_changed_code_retrains_rerun_forces_it_and_accept_code_keeps_a_refactor(
     (record,) = read_records(out)
     (note,) = record["code_accepted"]
     assert note["from"]["train"] == "0" * 16 and note["modules"] == ["implementations.flow_matching"]
+    assert note["note"] is None
