@@ -6,6 +6,7 @@ Everything is computed from the records, like every table; matplotlib draws off-
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,15 @@ def _pyplot():
     return plt
 
 
-def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path) -> Path | None:
+MARKERS = "osD^v<>pP*Xh"
+
+
+def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path,
+                         sampler_order: list[str] | None = None) -> Path | None:
     """One panel per dataset: mean ``quality`` against mean ``cost`` per (method, sampler),
-    methods as colours, samplers labelled; the lower-left front is the good region for
-    lower-is-better metrics."""
+    methods as colours and samplers as marker shapes, both in the legend (no text on the
+    points, which would overlap where models coincide); the lower-left front is the good
+    region for lower-is-better metrics."""
     if frame.empty or quality not in frame or cost not in frame:
         return None
     ok = frame[frame["status"] == "ok"].dropna(subset=[quality, cost])
@@ -38,13 +44,14 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path) -> Pat
     rows = math.ceil(len(datasets) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
     methods = sorted(ok["method"].unique())
+    samplers = _ordered(ok["sampler"].unique(), sampler_order)
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(samplers)}
     for ax, dataset in zip(axes.flat, datasets):
         mean = ok[ok["dataset"] == dataset].groupby(["method", "sampler"])[[quality, cost]].mean().reset_index()
         for _, row in mean.iterrows():
-            ax.scatter(row[cost], row[quality], color=colours[row["method"]], s=30)
-            ax.annotate(row["sampler"], (row[cost], row[quality]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.scatter(row[cost], row[quality], color=colours[row["method"]], marker=markers[row["sampler"]], s=36,
+                       alpha=0.85, edgecolors="white", linewidths=0.5)
         ax.set_xscale("log")
         ax.set_xlabel(header(cost))
         ax.set_ylabel(header(quality))
@@ -53,11 +60,20 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path) -> Pat
     for ax in list(axes.flat)[len(datasets):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in methods]
-    ncol = min(len(methods), 2 * cols)
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 * math.ceil(len(methods) / ncol) + 0.02, 1, 1))
+    handles += [plt.Line2D([], [], marker=markers[s], linestyle="", color="0.3", label=s) for s in samplers]
+    ncol = min(len(handles), 3 * cols)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8,
+               title="colour: method; shape: sampler (means over seeds)", title_fontsize=8)
+    fig.tight_layout(rect=(0, 0.05 * math.ceil(len(handles) / ncol) + 0.05, 1, 1))
     _save(fig, path, dpi=120)
     return path
+
+
+def _ordered(names: Any, order: list[str] | None) -> list[str]:
+    """``names`` in the suite's order (``order``), the rest alphabetically after them."""
+    order = order or []
+    names = list(names)
+    return [n for n in order if n in names] + sorted(n for n in names if n not in order)
 
 
 def plot_by_method(frame: Any, metric: str, path: Path) -> Path | None:
@@ -105,11 +121,17 @@ def _cost_varies(frame: Any, cost: str) -> bool:
     return bool((frame.dropna(subset=[cost]).groupby("dataset")[cost].nunique() > 1).any())
 
 
-def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int = 64) -> Path | None:
-    """Generated 2-D samples (seed with the lowest number) against the reference: one row
-    per (dataset, sampler), one column per method, the reference first. Grey segments join
-    a few source points to the samples the flow maps them to, which shows the coupling a
-    method learned (crossing for independent pairs, nearly parallel for OT)."""
+SAMPLES_CAPTION = ("Blue: generated samples of each method (its lowest seed), one row per sampler. Grey "
+                   "segments join {lines} source points x_0 to the samples the model maps them to: the pairing "
+                   "it learned (crossing for independent pairs, nearly parallel for straight flows). First "
+                   "column, once per dataset: a fresh sample of the target (orange) and of the source (grey).")
+
+
+def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int = 64,
+                 sampler_order: list[str] | None = None) -> Path | None:
+    """Generated 2-D samples against the target: one row per (dataset, sampler), one column
+    per method, and a first column with the target's reference and the source drawn once
+    per dataset (see :data:`SAMPLES_CAPTION`, which the report prints under it)."""
     import numpy as np
 
     chosen: dict[tuple[str, str, str], dict] = {}
@@ -122,13 +144,15 @@ def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int 
             chosen[slot] = r
     if not chosen:
         return None
-    rows = sorted({(d, s) for d, s, _ in chosen})
+    samplers = _ordered({s for _, s, _ in chosen}, sampler_order)
+    rows = sorted({(d, s) for d, s, _ in chosen}, key=lambda ds: (ds[0], samplers.index(ds[1])))
     methods = sorted({m for _, _, m in chosen})
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(2.3 * (len(methods) + 1), 2.3 * len(rows)),
+    fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(2.3 * (len(methods) + 1), 2.75 * len(rows) + 0.9),
                              squeeze=False)
+    drawn: set[str] = set()
     for i, (dataset, sampler) in enumerate(rows):
-        reference = None
+        reference = source_points = None
         for j, method in enumerate(methods, start=1):
             ax = axes[i][j]
             record = chosen.get((dataset, sampler, method))
@@ -136,32 +160,42 @@ def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int 
                 ax.axis("off")
                 continue
             with np.load(results_dir / record["artefacts"]["points"]) as data:
-                source, samples, reference = data["source"], data["samples"], data["reference"]
-            k = min(lines, len(source))
-            ax.plot(np.stack([source[:k, 0], samples[:k, 0]]), np.stack([source[:k, 1], samples[:k, 1]]),
+                source_points, samples, reference = data["source"], data["samples"], data["reference"]
+            k = min(lines, len(source_points))
+            ax.plot(np.stack([source_points[:k, 0], samples[:k, 0]]), np.stack([source_points[:k, 1], samples[:k, 1]]),
                     color="0.6", lw=0.4, alpha=0.6)
             ax.scatter(samples[:, 0], samples[:, 1], s=1, color="C0", alpha=0.6)
             ax.set_title(f"{method}\n{sampler}, seed {record['seed']}", fontsize=8)
         ax = axes[i][0]
-        if reference is not None:
+        if dataset in drawn or reference is None:
+            ax.axis("off")
+        else:
+            drawn.add(dataset)
+            ax.scatter(source_points[:, 0], source_points[:, 1], s=1, color="0.55", alpha=0.5)
             ax.scatter(reference[:, 0], reference[:, 1], s=1, color="C1", alpha=0.6)
-        ax.set_title(f"{dataset}\nreference", fontsize=8)
+            ax.set_title(f"{dataset}\ntarget and source", fontsize=8)
         limits = [a.get_xlim() + a.get_ylim() for a in axes[i] if a.has_data()]
-        lo = min(min(l[0], l[2]) for l in limits)
-        hi = max(max(l[1], l[3]) for l in limits)
+        lo = min(min(lim[0], lim[2]) for lim in limits)
+        hi = max(max(lim[1], lim[3]) for lim in limits)
         for a in axes[i]:
             a.set_xlim(lo, hi)
             a.set_ylim(lo, hi)
             a.set_aspect("equal")
             a.set_xticks([])
             a.set_yticks([])
-    fig.tight_layout()
+    import textwrap
+
+    caption = textwrap.fill(SAMPLES_CAPTION.format(lines=lines), width=int(28 * (len(methods) + 1)))
+    fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=7)
+    fig.tight_layout(rect=(0, 0.8 / (2.75 * len(rows) + 0.9), 1, 1), h_pad=1.2)
     _save(fig, path, dpi=110)
     return path
 
 
 def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
-    """Training loss against step, one panel per dataset, one line per (method, seed)."""
+    """Training loss against step, one panel per dataset, one line per (method, seed), each
+    divided by its own first logged value: methods define their losses differently (a mean
+    or a sum over dimensions, another objective), so only the relative decrease compares."""
     seen: dict[tuple, list] = {}
     for r in records:
         curve = (r.get("train") or {}).get("loss_curve")
@@ -173,42 +207,133 @@ def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
     datasets = sorted({d for d, _, _ in seen})
     methods = sorted({m for _, m, _ in seen})
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5), squeeze=False)
+    cols = min(2, len(datasets))
+    rows = math.ceil(len(datasets) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.4 * rows + 0.8), squeeze=False)
     for ax, dataset in zip(axes.flat, datasets):
-        for (d, method, seed), curve in sorted(seen.items()):
-            if d != dataset:
+        for (d, method, _seed), curve in sorted(seen.items()):
+            points = [(step, value) for step, value in curve if value is not None and math.isfinite(value)]
+            if d != dataset or not points or points[0][1] <= 0:
                 continue
-            steps = [p[0] for p in curve if p[1] is not None]
-            values = [p[1] for p in curve if p[1] is not None]
-            ax.plot(steps, values, color=colours[method], alpha=0.8, lw=1,
-                    label=method if seed == min(s for dd, m, s in seen if dd == d and m == method) else None)
+            first = points[0][1]
+            ax.plot([p[0] for p in points], [p[1] / first for p in points], color=colours[method], alpha=0.7, lw=1)
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("loss / first logged loss")
         ax.set_title(dataset)
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    for ax in list(axes.flat)[len(datasets):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colours[m], label=m) for m in methods]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 5), frameon=False, fontsize=8,
+               title="one line per seed; losses differ between methods, so each is relative to its first value",
+               title_fontsize=8)
+    fig.tight_layout(rect=(0, (0.35 * math.ceil(len(methods) / 5) + 0.45) / (3.4 * rows + 0.8), 1, 1))
     _save(fig, path, dpi=120)
     return path
 
 
+def _compact(value: Any, prefix: str = "") -> list[str]:
+    """``key=value`` items of a spec part; a mapping that holds only a ``name`` is its name."""
+    if isinstance(value, dict):
+        if set(value) == {"name"}:
+            return [f"{prefix}={value['name']}"] if prefix else [str(value["name"])]
+        out: list[str] = []
+        for key, item in value.items():
+            out += _compact(item, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if value is None:
+        return []
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return [f"{prefix}={text}" if prefix else text]
+
+
+def _counted(values: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(f"{v} ({n} records)" for v, n in counts.items())
+
+
+def setup_section(suite: dict | None, records: list[dict]) -> str:
+    """What produced the tables: the suite, budget, hardware, software versions, commit and
+    dirty flag, and every dataset's, method's and sampler's resolved parameters."""
+    from tabulate import tabulate
+
+    lines = ["## Set-up", ""]
+    if suite is not None:
+        lines.append(f"- **Suite** `{suite.get('name')}`: {suite.get('description') or '(no description)'}")
+        budget = suite.get("budget") or {}
+        lines.append(f"- **Budget**: training {', '.join(_compact(budget.get('train'))) or '-'}; "
+                     f"evaluation {', '.join(_compact(budget.get('eval'))) or '-'}; seeds {suite.get('seeds')}")
+        hardware = {k: v for k, v in (suite.get("hardware") or {}).items() if k not in ("description",)}
+        lines.append(f"- **Hardware spec** `{hardware.pop('name', '?')}`: {', '.join(_compact(hardware))}")
+    envs = [r.get("environment") or {} for r in records]
+    if envs:
+        machine = [f"{e.get('cpu', '?')}, {e.get('cpu_count', '?')} cores, {e.get('device', '?')}"
+                   + (", CUDA" if e.get("cuda_available") else "") for e in envs]
+        lines.append(f"- **Measured on**: {_counted(machine)}; {_counted([str(e.get('platform')) for e in envs])}")
+        versions = [", ".join(f"{k} {e[k]}" for k in ("python", "torch", "numpy", "scipy", "torchdiffeq", "pydantic",
+                                                         "flowgauge") if e.get(k)) for e in envs]
+        lines.append(f"- **Software**: {_counted(versions)}")
+        code = [f"commit {str(e.get('git_commit'))[:12]}" + (" (tree differed: " + ", ".join(e.get("git_dirty_files")
+                or []) + ")" if e.get("git_dirty") else " (clean)") for e in envs]
+        lines.append(f"- **Code**: {_counted(code)}")
+        accepted = [r for r in records if r.get("code_accepted")]
+        if accepted:
+            lines.append(f"- **Code fingerprint accepted later** for {len(accepted)} records (`flowgauge rekey "
+                         f"--accept-code`): {_counted([str(r['code_accepted'][-1].get('note')) for r in accepted])}")
+        shared = [e.get("concurrent_runs", 1) for e in envs]
+        if max(shared) > 1:
+            lines.append(f"- **Concurrency**: up to {max(shared)} runs shared the machine (timings are not those "
+                         "of runs made alone)")
+    if suite is not None:
+        for kind, columns in (("datasets", ("implementation",)), ("methods", ("implementation",)),
+                              ("samplers", ("solver",))):
+            rows = []
+            for spec in suite.get(kind) or []:
+                extra = {}
+                if kind == "methods":
+                    extra = {"network": spec.get("network"), "optimizer": spec.get("optimizer"),
+                             "batch_size": spec.get("batch_size")}
+                    teacher = spec.get("teacher")
+                    if teacher:
+                        extra["teacher"] = {"method": teacher["method"]["name"], "sampler": teacher["sampler"]["name"],
+                                            **{k: v for k, v in teacher.items() if k not in ("method", "sampler")}}
+                rows.append([spec.get("name"), *(spec.get(c) for c in columns),
+                             ", ".join(_compact(spec.get("params") or {}) + _compact(extra)) or "-"])
+            if rows:
+                lines += ["", f"**{kind.capitalize()}**", "",
+                          tabulate(rows, ["name", *columns, "parameters (resolved, defaults included)"],
+                                   tablefmt="github", disable_numparse=True)]
+    return "\n".join(lines)
+
+
 def write_report(results_dir: Path, out: Path | None = None) -> Path:
-    """Write ``report.md`` with its plots into ``out`` (default RESULTS_DIR/report)."""
+    """Write ``report.md`` with its plots into ``out`` (default RESULTS_DIR/report): the
+    tables and claims, the plots, and the set-up that produced them."""
+    from harness.results import read_suite
+
     out = out or results_dir / "report"
     records, older = suite_records(results_dir)  # the suite as last run; older records are noted
     frame = records_frame(records)
+    suite = read_suite(results_dir)
+    order = [s["name"] for s in (suite or {}).get("samplers") or [] if isinstance(s, dict) and "name" in s]
     metrics, rank_by, _ = leaderboard_options(results_dir)
-    parts = [f"# {results_dir.name}\n", leaderboard(results_dir, "markdown", records=records + older)]  # with the claims
+    title = f"# {results_dir.name}\n" + (f"\n{suite['description']}\n" if suite and suite.get("description") else "")
+    parts = [title, leaderboard(results_dir, "markdown", records=records + older)]  # with the claims
     if plot_by_method(frame, rank_by, out / f"{rank_by}_by_method.png"):
         parts.append(f"![{rank_by} by method and seed]({rank_by}_by_method.png)")
     cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(frame, c)), None)
-    if cost and rank_by != cost and plot_quality_vs_cost(frame, rank_by, cost, out / "quality_vs_cost.png"):
+    if cost and rank_by != cost and plot_quality_vs_cost(frame, rank_by, cost, out / "quality_vs_cost.png", order):
         parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
-    if plot_samples(records, results_dir, out / "samples.png"):
-        parts.append("![generated samples against the reference](samples.png)")
+    if plot_samples(records, results_dir, out / "samples.png", sampler_order=order):
+        parts.append("![generated samples against the target](samples.png)\n\n" + SAMPLES_CAPTION.format(lines=64))
     if plot_loss_curves(records, out / "loss_curves.png"):
-        parts.append("![training loss](loss_curves.png)")
+        parts.append("![training loss, relative to its first logged value](loss_curves.png)")
+    parts.append(setup_section(suite, records))
     path = out / "report.md"
     text = "\n\n".join(parts) + "\n"
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))

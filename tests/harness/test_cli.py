@@ -62,6 +62,12 @@ def test_report_writes_markdown_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr
     report = (out / "report" / "report.md").read_text()
     assert "### moons" in report and "![w2 against nfe](quality_vs_cost.png)" in report
+    setup = report.split("## Set-up")[1]  # what produced the tables, after them
+    assert "**Suite** `quickstart`" in setup and "steps=20;" in setup and "**Hardware spec** `cpu`" in setup
+    assert "torch " in setup and "commit " in setup and "(clean)" in setup or "(tree differed" in setup
+    assert "| icfm " in setup and "path.sigma=0.1" in setup and "optimizer.lr=0.001" in setup and "batch_size=256" in setup
+    assert "| euler-1 " in setup and "steps=1" in setup
+    assert "Grey segments join 64 source points" in report  # the samples figure explained
     assert "![w2 by method and seed](w2_by_method.png)" in report and "(samples.png)" in report
     for png in ("quality_vs_cost.png", "loss_curves.png", "w2_by_method.png", "samples.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,3 +157,31 @@ def test_show_prints_a_spec_resolved_with_its_defaults(tmp_path):
     assert suite["methods"][0]["name"] == "icfm" and suite["budget"]["train"]["steps"] == 3000
     missing = run_cli("show", "icmf")
     assert missing.returncode == 2 and "no spec named 'icmf'" in missing.stderr and "did you mean 'icfm'" in missing.stderr
+
+
+def test_samples_figure_draws_the_target_once_per_dataset(tmp_path, monkeypatch):
+    """One row per (dataset, sampler); the first column holds the target and the source in
+    the first row of each dataset only, and the figure carries its explanation."""
+    import numpy as np
+
+    from harness import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path, dpi: figures.append(fig))
+    rng = np.random.default_rng(0)
+    records = []
+    for dataset in ("a", "b"):
+        for sampler in ("euler-1", "euler-8", "dopri5"):
+            name = f"samples/{dataset}-{sampler}.npz"
+            (tmp_path / "samples").mkdir(exist_ok=True)
+            np.savez(tmp_path / name, **{k: rng.normal(size=(50, 2)) for k in ("source", "samples", "reference")})
+            records.append({"dataset": dataset, "sampler": sampler, "method": "m", "seed": 0, "status": "ok",
+                            "artefacts": {"points": name}})
+    assert report.plot_samples(records, tmp_path, tmp_path / "s.png", sampler_order=["euler-1", "euler-8", "dopri5"])
+    (fig,) = figures
+    first_column = [ax for ax in fig.axes if ax.get_subplotspec().colspan.start == 0]
+    drawn = [ax.get_title() for ax in first_column if ax.axison]
+    assert drawn == ["a\ntarget and source", "b\ntarget and source"]
+    rows = [ax.get_title().split("\n")[1].split(",")[0] for ax in fig.axes if ax.get_subplotspec().colspan.start == 1]
+    assert rows == ["euler-1", "euler-8", "dopri5"] * 2  # the suite's sampler order
+    assert any("Grey segments join 64 source points" in " ".join(t.get_text().split()) for t in fig.texts)
