@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 import re
 
+import pandas as pd
 import pytest
 
 from harness.leaderboard import build_tables, format_number, render
