@@ -95,7 +95,9 @@ def apply_override(source: Source, path: KeyPath, value: Any, loc: Loc) -> None:
         if not isinstance(node, dict):
             where = ".".join(map(str, path[:i])) or "the spec"
             raise SpecError(f"cannot set {'.'.join(map(str, path))}: {where} is not a mapping", loc)
-        if not isinstance(node.get(key), (dict, list)):
+        if isinstance(node.get(key), str):  # a named component's shorthand (coupling: sinkhorn)
+            node[key] = {"name": node[key]}
+        elif not isinstance(node.get(key), (dict, list)):
             node[key] = {}
         node = node[key]
     if not isinstance(node, dict):

@@ -319,6 +319,9 @@ def _describe(model: type[BaseModel], error: dict, path: KeyPath) -> str:
         tag = str(ctx.get("tag", value))
         expected = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
         return f"unknown name {tag!r}" + did_you_mean(tag, [t for t in expected if t])
+    if kind == "union_tag_not_found":
+        key = str(ctx.get("discriminator", "name")).strip("'")
+        return f"needs a {key}: key that says which kind it is, got {_show(value)}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return f"{error['msg']}, got {_show(value)}"

@@ -291,3 +291,16 @@ def test_a_method_specs_claim_is_checked_against_the_suite_and_located_in_its_fi
     two = SUITE.replace("samplers: [euler-1]", "samplers: [euler-1, heun-8]").replace("[icfm]", "[claimy]")
     result, out = _run(spec_root, two)
     _expect_error(result, "claimy.yaml:3:", "method claimy: claims[0]: the suite samples with 2 samplers", out)
+
+
+def test_set_inside_a_named_shorthand_keeps_its_name():
+    """``coupling: sinkhorn`` is ``{name: sinkhorn}``: a --set of one of its keys adds to it
+    instead of dropping the name; a mapping without a name says that it needs one."""
+    suite = "specs/suites/quickstart.yaml"
+    ok = run_cli("validate", suite, "--set", "methods.otcfm.params.coupling=sinkhorn",
+                 "--set", "methods.otcfm.params.coupling.reg=1e-6")
+    assert ok.returncode == 0, ok.stderr
+    wrong = run_cli("validate", suite, "--set", "methods.otcfm.params.coupling.reg=1e-6")  # otcfm: exact_ot
+    assert "params.coupling.reg: unknown key 'reg'" in wrong.stderr
+    nameless = run_cli("validate", suite, "--set", "methods.otcfm.params.coupling={reg: 1}")
+    assert "params.coupling: needs a name: key that says which kind it is, got a mapping" in nameless.stderr
