@@ -62,9 +62,9 @@ def test_the_readme_walkthrough_works_as_written(tmp_path):
     assert "width: 64" in shown.stdout and "lr: 0.001" in shown.stdout and "batch_size: 256" in shown.stdout
     assert flowgauge("validate", "specs/suites/my-suite.yaml").returncode == 0
 
-    # Step 6, on a small budget: one seed, 60 steps (the README's suite trains 12 models).
-    small = ["--no-progress", "--set", "seeds=[0]", "--set", "budget.train.steps=60",
-             "--set", "budget.eval.num_samples=256", "--set", "budget.eval.repeats=1"]
+    # Step 6, on a small budget: one seed, 30 steps (the README's suite trains 12 models).
+    small = ["--no-progress", "--set", "seeds=[0]", "--set", "budget.train.steps=30",
+             "--set", "budget.eval.num_samples=200", "--set", "budget.eval.repeats=1", "--set", "budget.eval.warmup=0"]
     run = flowgauge("run", "my-suite", "--results", "out", *small)
     assert run.returncode == 0, run.stderr
     assert "4 trainings, 8 evaluations" in run.stderr and "8 ok;" in run.stderr

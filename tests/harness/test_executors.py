@@ -75,7 +75,8 @@ def test_ctrl_c_stops_the_suite_and_a_rerun_resumes(tmp_path, workers):
     out = tmp_path / "r"
     args = [sys.executable, "-m", "harness.cli", "run", "quickstart", "--results", str(out), "--no-progress",
             "--workers", workers, "--set", "budget.train.steps=400", "--set", "budget.eval.num_samples=256",
-            "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]"]
+            "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]",
+            "--set", "methods=[icfm, rectified-flow, fm-vp]", "--set", "metrics=[w2]"]  # three cheap runs
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     # SIGINT as a terminal delivers it, even when pytest itself runs as a background job
     # (which starts with SIGINT ignored, an ignore its children inherit)
@@ -145,7 +146,8 @@ def test_a_worker_killed_by_the_system_fails_its_unit_and_the_suite_goes_on(tmp_
     out = tmp_path / "r"
     args = [sys.executable, "-m", "harness.cli", "run", "quickstart", "--results", str(out), "--no-progress",
             "--workers", "2", "--set", "budget.train.steps=1500", "--set", "budget.eval.num_samples=256",
-            "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]"]
+            "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]", "--set", "datasets=[moons]",
+            "--set", "methods=[icfm, rectified-flow, fm-vp]", "--set", "metrics=[w2]"]
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     proc = _start_with_two_workers(args, env)
     time.sleep(2)
