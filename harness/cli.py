@@ -151,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for path in stale:
             path.unlink()
         print(f"pruned {len(stale)} record(s) that the suite no longer produces", file=sys.stderr)
-    print(leaderboard(results, args.format))
+    print(leaderboard(results, args.format, reread_specs=False))  # the suite was resolved a moment ago
     if summary.counts.get("failed"):
         _print_failures(results, all_keys)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items()))

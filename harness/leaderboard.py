@@ -323,10 +323,12 @@ def current_claims(results_dir: Path, stored: dict) -> tuple[dict, list[str]]:
     return now, notes
 
 
-def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -> tuple[str, list]:
+def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None,
+                  reread_specs: bool = True) -> tuple[str, list]:
     """The claims table of a results directory and the verdicts behind it; ``frame`` is
     its records' DataFrame when the caller has already loaded it. Notes (claims changed
-    since the run, say) come first, as paragraphs."""
+    since the run, say) come first, as paragraphs. ``reread_specs=False`` takes the claims
+    stored in suite.json as they are (``run``, which has just written them)."""
     from harness.claims import evaluate, suite_claims
     from harness.claims import render as render_claims
     from harness.results import read_suite, records_frame, suite_records
@@ -334,7 +336,7 @@ def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None) -
     stored = read_suite(results_dir)
     if stored is None:
         return "", []
-    suite, notes = current_claims(results_dir, stored)
+    suite, notes = current_claims(results_dir, stored) if reread_specs else (stored, [])
     claims = suite_claims(suite)
     if not claims:
         return "", []
@@ -375,7 +377,7 @@ def older_records_note(older: list[dict], results_dir: Path) -> str:
 
 
 def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None,
-                records: list[dict] | None = None, include_older: bool = False) -> str:
+                records: list[dict] | None = None, include_older: bool = False, reread_specs: bool = True) -> str:
     """The tables (and, in markdown and HTML, the claims) of ``results_dir``; ``records``
     when the caller has already read them. Only the records of the suite as last run are
     shown unless ``include_older``; each row is one configuration."""
@@ -401,7 +403,7 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
     if notes and fmt in ("markdown", "html"):
         text += "".join(f"\n\n{n}" if fmt == "markdown" else f"\n<p>{html.escape(n)}</p>" for n in notes)
     if fmt in ("markdown", "html"):
-        claims, _ = claims_report(results_dir, fmt, None if include_older else loaded)
+        claims, _ = claims_report(results_dir, fmt, None if include_older else loaded, reread_specs)
         if claims:
             text += ("\n\n### Claims\n\n" if fmt == "markdown" else "\n\n<h3>Claims</h3>\n") + claims
     return text
