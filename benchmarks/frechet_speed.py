@@ -73,7 +73,11 @@ def main() -> int:
         "ours, cached": timed(lambda: reference.distance(mu2, s2), args.repeats),
     }
     base_time, _, base_value = rows["scipy"]
-    result = {"dim": d, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
+    from harness.environment import dirty_files
+
+    commit = os.popen(f"git -C {REPO} rev-parse HEAD 2>/dev/null").read().strip() or None
+    result = {"dim": d, "repeats": args.repeats, "git_commit": commit, "git_dirty_files": dirty_files(REPO),
+              "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "numpy": np.__version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": {}}
     print(f"Fréchet distance, d = {d}, median of {args.repeats} calls each")
