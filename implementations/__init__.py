@@ -6,4 +6,4 @@ the harness registries. Each module opens with the paper and algorithm it implem
 
 from implementations import distillation, flow_matching, networks, optimizers, rectified_flow  # noqa: F401
 from implementations.common import solvers  # noqa: F401
-from implementations.datasets import toy2d  # noqa: F401
+from implementations.datasets import images, toy2d  # noqa: F401

@@ -90,4 +90,5 @@ def test_the_readme_walkthrough_works_as_written(tmp_path):
                                   "tests/implementations/test_conformance.py", "-k", "my_fm"],
                                  cwd=copy, env=env, capture_output=True, text=True, timeout=600)
     assert conformance.returncode == 0, conformance.stdout[-2000:]
-    assert re.search(r"\b5 passed\b", conformance.stdout)  # my_fm x toy2d x mlp x 5 solvers
+    passed = re.search(r"\b(\d+) passed\b", conformance.stdout)
+    assert passed and int(passed.group(1)) >= 5 and "failed" not in conformance.stdout  # my_fm x datasets x solvers

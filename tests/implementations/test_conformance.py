@@ -31,6 +31,20 @@ BATCH = 64
 TRAIN_STEPS = 5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tiny_image_files(tmp_path_factory):
+    """Datasets read from files get tiny files in their real formats, with at least BATCH
+    held-out images each."""
+    from tests.datafiles import cifar10_files, image_folder, mnist_files
+
+    root = tmp_path_factory.mktemp("data")
+    mnist_files(root / "mnist", n_train=16, n_test=BATCH + 6)
+    cifar10_files(root / "cifar10", per_batch=BATCH + 6)
+    image_folder(root / "folder", per_class=40)
+    DATASET_PARAMS.update({"mnist": {"root": str(root / "mnist")}, "cifar10": {"root": str(root / "cifar10")},
+                           "image_folder": {"root": str(root / "folder"), "resolution": 8, "held_out": 0.9}})
+
+
 
 
 def build(registry, name: str, table: dict[str, dict], *args):
