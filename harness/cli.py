@@ -175,10 +175,21 @@ def _origin(args: argparse.Namespace) -> dict:
 
 
 def _check_device(suite, ref: str) -> None:
-    """A device this machine does not have is a mistake in the command, found before
-    anything runs (not a column of failed records)."""
+    """A device this machine does not have, or a dataset whose files are not here, is a
+    mistake in the command, found before anything runs (not a column of failed records).
+    A dataset implementation may define ``check(params)``, raising FileNotFoundError with
+    a message that names the missing file."""
+    from harness import registry as reg
     from harness.errors import SpecError
 
+    for dataset in suite.datasets:
+        entry = reg.DATASETS.get(dataset.implementation)
+        check = getattr(entry, "check", None)
+        if check is not None:
+            try:
+                check(entry.Params.model_validate(dataset.params))
+            except FileNotFoundError as err:
+                raise SpecError(f"{ref}: {err}") from None
     if suite.hardware.device == "cuda":
         import torch
 

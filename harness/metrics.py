@@ -44,6 +44,7 @@ class EvalContext:
     memory_added_mib: float | None = None  # that peak minus what the process held as sampling began
     train: dict[str, Any] = field(default_factory=dict)
     num_params: int | None = None
+    shape: tuple[int, ...] = ()  # one sample's shape, (1, 8, 8) for digits: samples are flattened to (n, d)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ class Metric:
     noise_floor: Callable[[Any], str | None] | None = None
     # False for a column the set-up decides (a sampler's steps and NFE): nothing to win there
     marks_best: bool = True
+    # provenance(ctx, params) -> what produced the value (feature network and its hash, sample
+    # counts, ...), stored with the record beside the value
+    provenance: Callable[[EvalContext, Any], dict] | None = None
 
     @property
     def label(self) -> str:
@@ -81,11 +85,12 @@ class Metric:
 
 def metric(name: str, unit: str, higher_is_better: bool, needs: set[str],
            params: type[BaseModel] = NoParams, best_at: float | None = None,
-           noise_floor: Callable[[Any], str | None] | None = None, marks_best: bool = True) -> Callable:
+           noise_floor: Callable[[Any], str | None] | None = None, marks_best: bool = True,
+           provenance: Callable[[EvalContext, Any], dict] | None = None) -> Callable:
     def decorator(fn: Callable[[EvalContext, Any], float | None]) -> Callable:
         summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # first paragraph
         METRICS.add(name, Metric(name, fn, unit, higher_is_better, summary, frozenset(needs), params, best_at,
-                                 noise_floor, marks_best))
+                                 noise_floor, marks_best, provenance))
         return fn
 
     return decorator
@@ -338,3 +343,68 @@ def _straightness(ctx: EvalContext, params: FlowGrid) -> float | None:
     (100 steps unless ``steps`` says otherwise); not applicable to one-step maps."""
     flow = _flow(ctx, params)
     return None if flow is None else straightness(flow.times, flow.states)
+
+
+# --- image quality in a digits classifier's feature space (harness.digits_features) -------
+
+
+class KIDParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    subsets: int = Field(100, ge=1, le=10_000, description="random subsets averaged (clean-fid's default)")
+    subset_size: int = Field(1000, ge=2, le=100_000, description="points per subset, at most the sample count")
+
+
+def kernel_inception_distance(x: np.ndarray, y: np.ndarray, subsets: int, subset_size: int, seed: int = 0) -> float:
+    """KID (Bińkowski et al. 2018): the unbiased MMD² with the cubic polynomial kernel
+    k(a, b) = (aᵀb / d + 1)³, averaged over random subsets of both samples (drawn with a
+    fixed generator, as clean-fid does)."""
+    d = x.shape[1]
+    m = min(subset_size, len(x), len(y))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        a = x[rng.choice(len(x), m, replace=False)]
+        b = y[rng.choice(len(y), m, replace=False)]
+        k_aa, k_bb, k_ab = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
+        within = (k_aa.sum() - np.trace(k_aa) + k_bb.sum() - np.trace(k_bb)) / (m * (m - 1))
+        values.append(within - 2 * k_ab.mean())
+    return float(np.mean(values))
+
+
+def _digits_features(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
+    from harness import digits_features
+
+    return digits_features.features(ctx.samples, ctx.shape), digits_features.features(ctx.reference, ctx.shape)
+
+
+def _digits_provenance(ctx: EvalContext, params: Any) -> dict:
+    from harness import digits_features
+
+    _, card = digits_features.load()
+    return {"features": "harness.digits_features (penultimate layer, 64-d)", "weights_sha256": card["sha256"],
+            "classifier_held_out_accuracy": card["held_out_accuracy"], "resize": "average pooling to 8x8",
+            "generated": int(len(ctx.samples)), "reference": int(len(ctx.reference)),
+            "reference_split": "the dataset's held-out images", "precision": "float64 statistics",
+            **({"params": params.model_dump()} if params.model_fields else {})}
+
+
+@metric("fd_digits", unit="", higher_is_better=False, needs={"samples", "reference"}, provenance=_digits_provenance)
+def _fd_digits(ctx: EvalContext, params: NoParams) -> float:
+    """Fréchet distance between generated and held-out digits in the shipped digits
+    classifier's 64-d feature space (the CPU stand-in for FID; not FID)."""
+    from harness.frechet import FeatureStats, Reference, check_sample_size
+
+    fake, real = _digits_features(ctx)
+    check_sample_size(len(fake), fake.shape[1], "fd_digits, generated")
+    check_sample_size(len(real), real.shape[1], "fd_digits, reference")
+    reference = Reference.from_stats(FeatureStats(real.shape[1]).update(real))
+    return reference.distance(*FeatureStats(fake.shape[1]).update(fake).result())
+
+
+@metric("kid_digits", unit="", higher_is_better=False, needs={"samples", "reference"}, params=KIDParams,
+        provenance=_digits_provenance)
+def _kid_digits(ctx: EvalContext, params: KIDParams) -> float:
+    """Kernel distance (KID's unbiased cubic-kernel MMD², subsets averaged) between generated
+    and held-out digits in the digits classifier's feature space."""
+    fake, real = _digits_features(ctx)
+    return kernel_inception_distance(fake, real, params.subsets, params.subset_size)

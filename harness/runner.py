@@ -471,14 +471,19 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
         memory_added_mib=memory.result.get("peak_above_start_mib"),
         train=train_stats,
         num_params=train_stats.get("num_params"),
+        shape=tuple(built.dataset.shape),
     )
     metrics: dict[str, float | None] = {}
+    provenance: dict[str, dict] = {}  # what produced each value, for the metrics that say
     for spec, metric in specs:
         if ("samples" in metric.needs or "flow" in metric.needs) and not finite:
             metrics[spec.name] = None
             continue
-        value = metric.fn(ctx, metric.Params.model_validate(spec.params))
+        params = metric.Params.model_validate(spec.params)
+        value = metric.fn(ctx, params)
         metrics[spec.name] = None if value is None else float(value)
+        if metric.provenance is not None:
+            provenance[spec.name] = metric.provenance(ctx, params)
     measurements = {
         "nfe": ctx.nfe,
         "network_calls": counter.calls,
@@ -492,6 +497,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
         "memory": memory.result,
         "samples_finite": bool(np.isfinite(samples).all()),
         "samples_out_of_range": bad,  # non-finite, or beyond OUT_OF_RANGE x the reference's extent
+        **({"provenance": provenance} if provenance else {}),
     }
     if any("flow" in metric.needs for _, metric in specs):  # the grid, whatever the sampler
         measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)

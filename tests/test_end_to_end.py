@@ -126,7 +126,9 @@ def test_budget_stops_at_the_first_limit(tmp_path, train, stopped_by, steps):
         assert record["train"]["steps"] == steps
     else:
         train = record["train"]  # stops before a step that the mean step time says would overrun
-        assert 0.15 <= train["wall_s"] <= 0.3 + 0.5 * train["train_s"] / (train["steps"] - 1)
+        # (plus 0.5 s for a stall of this shared machine in the last step: the test had
+        # failed once under load; a run that ignored the budget would go on for 1e8 steps)
+        assert 0.15 <= train["wall_s"] <= 0.3 + 0.5 * train["train_s"] / (train["steps"] - 1) + 0.5
 
 
 def test_epoch_budget_over_a_fixed_train_split(tmp_path):

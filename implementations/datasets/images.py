@@ -72,7 +72,7 @@ def read_cifar10_batches(folder: Path, names: list[str]) -> tuple[np.ndarray, np
     images, labels = [], []
     for name in names:
         with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = pickle.load(f, encoding="bytes")  # the dataset's own format, from a local path
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)
@@ -132,14 +132,16 @@ class ImageDataset:
 
     def __init__(self, params: Any):
         self.params = params
-        train, train_labels, held_out = self.load()
+        train, train_labels, held_out, held_labels = self.load()
         self._train = _to_unit(train)
         self._labels = torch.as_tensor(train_labels)
         self._held_out = _to_unit(held_out)
+        self._held_labels = torch.as_tensor(held_labels)
         self.shape = tuple(self._train.shape[1:])
 
-    # A subclass reads its files: (train images, train labels, held-out images), uint8 (N, H, W, C).
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # A subclass reads its files: train images, their labels, held-out images, their labels;
+    # images uint8 (N, H, W, C).
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     @classmethod
@@ -175,6 +177,14 @@ class ImageDataset:
         """The class of each training image (aligned with ``train_split``)."""
         return self._labels
 
+    @property
+    def held_out_images(self) -> Tensor:
+        return self._held_out
+
+    @property
+    def held_out_labels(self) -> Tensor:
+        return self._held_labels
+
 
 def _to_unit(images: np.ndarray, top: float = 255.0) -> Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [−1, 1]."""
@@ -199,7 +209,7 @@ class Digits(ImageDataset):
     Params: ClassVar[type[Params]] = DigitsParams
     name = "digits"
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
 
         data = load_digits()
@@ -209,7 +219,7 @@ class Digits(ImageDataset):
             t = torch.nn.functional.interpolate(t, size=self.params.resolution, mode="bilinear", align_corners=False)
             images = t.round().clamp(0, 255).to(torch.uint8).numpy().transpose(0, 2, 3, 1)
         train, held = _split(len(images), self.params.held_out, self.params.split_seed)
-        return images[train], np.asarray(data.target)[train], images[held]
+        return images[train], np.asarray(data.target)[train], images[held], np.asarray(data.target)[held]
 
 
 class MNISTParams(ImageParams):
@@ -243,12 +253,13 @@ class MNIST(ImageDataset):
                                   f"{cls.where_to_get} (folder: the spec's root, else $FLOWGAUGE_DATA/{cls.name}, "
                                   f"else ~/.cache/flowgauge/{cls.name})")
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self.check(self.params)
         train = read_idx(self._file(self.params, MNIST_FILES["train"][0]))[..., None]
         labels = read_idx(self._file(self.params, MNIST_FILES["train"][1])).astype(np.int64)
         test = read_idx(self._file(self.params, MNIST_FILES["test"][0]))[..., None]
-        return train, labels, test
+        test_labels = read_idx(self._file(self.params, MNIST_FILES["test"][1])).astype(np.int64)
+        return train, labels, test, test_labels
 
 
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -269,12 +280,12 @@ class CIFAR10(ImageDataset):
         folder = data_root(cls.name, params.root) / CIFAR_FOLDER
         return [folder / name for name in (*CIFAR_TRAIN, "test_batch")]
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self.check(self.params)
         folder = data_root(self.name, self.params.root) / CIFAR_FOLDER
         train, labels = read_cifar10_batches(folder, CIFAR_TRAIN)
-        test, _ = read_cifar10_batches(folder, ["test_batch"])
-        return train, labels, test
+        test, test_labels = read_cifar10_batches(folder, ["test_batch"])
+        return train, labels, test, test_labels
 
 
 class FolderParams(ImageParams):
@@ -296,9 +307,9 @@ class ImageFolder(ImageDataset):
         if not root.is_dir():
             raise DataMissing(f"dataset {cls.name}: no folder {root}; {cls.where_to_get}")
 
-    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self.check(self.params)
         images, labels, _ = read_image_folder(data_root(self.name, self.params.root), self.params.resolution,
                                               self.params.channels)
         train, held = _split(len(images), self.params.held_out, self.params.split_seed)
-        return images[train], labels[train], images[held]
+        return images[train], labels[train], images[held], labels[held]
