@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.frechet import Reference, frechet_distance  # noqa: E402
+from harness.frechet import Reference, frechet_distance
 
 
 def scipy_route(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:

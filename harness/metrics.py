@@ -383,7 +383,7 @@ def _digits_provenance(ctx: EvalContext, params: Any) -> dict:
     _, card = digits_features.load()
     return {"features": "harness.digits_features (penultimate layer, 64-d)", "weights_sha256": card["sha256"],
             "classifier_held_out_accuracy": card["held_out_accuracy"], "resize": "average pooling to 8x8",
-            "generated": int(len(ctx.samples)), "reference": int(len(ctx.reference)),
+            "generated": len(ctx.samples), "reference": len(ctx.reference),
             "reference_split": "the dataset's held-out images", "precision": "float64 statistics",
             **({"params": params.model_dump()} if params.model_fields else {})}
 
