@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from harness.interfaces import Params
 from implementations.networks.mlp import SinusoidalEmbedding, broadcast_time
-from implementations.networks.params import UNetParams
+from implementations.networks.unet_params import UNetParams
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
