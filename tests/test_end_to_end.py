@@ -117,7 +117,17 @@ def test_adding_a_sampler_reuses_trained_models(tmp_path):
     ("{steps: 7, samples: 100000}", "steps", 7),
     ("{seconds: 0.3, steps: 100000000}", "seconds", None),
 ])
-def test_budget_stops_at_the_first_limit(tmp_path, train, stopped_by, steps):
+def test_budget_stops_at_the_first_limit(tmp_path, monkeypatch, train, stopped_by, steps):
+    if stopped_by == "seconds":
+        # The training loop's clock advances 1 ms per reading: a step costs a steady few
+        # ms of that time, whatever this shared machine is doing (it once stalled 0.5 s
+        # inside a step, and a test on the real clock then failed).
+        import types
+
+        import harness.runner
+
+        ticks = iter(range(10**9))
+        monkeypatch.setattr(harness.runner, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * 1e-3))
     out, _ = _run(tmp_path, TINY_SUITE.replace("{steps: 40, log_every: 10}", train)
                   .replace("[icfm, rectified-flow]", "[icfm]").replace("[euler-1, heun-8, dopri5]", "[euler-1]"))
     (record,) = read_records(out)
@@ -126,9 +136,8 @@ def test_budget_stops_at_the_first_limit(tmp_path, train, stopped_by, steps):
         assert record["train"]["steps"] == steps
     else:
         train = record["train"]  # stops before a step that the mean step time says would overrun
-        # (plus 0.5 s for a stall of this shared machine in the last step: the test had
-        # failed once under load; a run that ignored the budget would go on for 1e8 steps)
-        assert 0.15 <= train["wall_s"] <= 0.3 + 0.5 * train["train_s"] / (train["steps"] - 1) + 0.5
+        step_s = train["train_s"] / (train["steps"] - 1)
+        assert 0.3 - 2 * step_s <= train["wall_s"] <= 0.3 and train["steps"] > 50
 
 
 def test_epoch_budget_over_a_fixed_train_split(tmp_path):

@@ -156,8 +156,11 @@ class ImageDataset:
         """Raise :class:`DataMissing` naming the first missing file and where to get it."""
         for path in cls.required_files(params):
             if not path.is_file():
-                raise DataMissing(f"dataset {cls.name}: no file {path}; {cls.where_to_get} (folder: the spec's root, "
-                                  f"else $FLOWGAUGE_DATA/{cls.name}, else ~/.cache/flowgauge/{cls.name})")
+                raise DataMissing(f"dataset {cls.name}: no file {path}; {cls.where_to_get} {cls.searched()}")
+
+    @classmethod
+    def searched(cls) -> str:
+        return f"(folder: the spec's root, else $FLOWGAUGE_DATA/{cls.name}, else ~/.cache/flowgauge/{cls.name})"
 
     def sample_source(self, n: int, generator: torch.Generator) -> Tensor:
         return torch.randn((n, *self.shape), generator=generator)
@@ -250,8 +253,7 @@ class MNIST(ImageDataset):
             path = cls._file(params, stem)
             if not path.is_file():
                 raise DataMissing(f"dataset {cls.name}: no file {path.with_suffix('')} (or {path}); "
-                                  f"{cls.where_to_get} (folder: the spec's root, else $FLOWGAUGE_DATA/{cls.name}, "
-                                  f"else ~/.cache/flowgauge/{cls.name})")
+                                  f"{cls.where_to_get} {cls.searched()}")
 
     def load(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         self.check(self.params)
