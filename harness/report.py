@@ -192,6 +192,39 @@ def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int 
     return path
 
 
+def plot_image_grids(records: list[dict], results_dir: Path, path: Path,
+                     sampler_order: list[str] | None = None) -> Path | None:
+    """The saved grids of generated images (each record's first 64 samples, its lowest
+    seed): one row per (dataset, sampler), one column per method."""
+    chosen: dict[tuple[str, str, str], dict] = {}
+    for r in records:
+        grid = (r.get("artefacts") or {}).get("grid")
+        if r.get("status") != "ok" or not grid or not (results_dir / grid).is_file():
+            continue
+        slot = (r["dataset"], r["sampler"], r["method"])
+        if slot not in chosen or r["seed"] < chosen[slot]["seed"]:
+            chosen[slot] = r
+    if not chosen:
+        return None
+    samplers = _ordered({s for _, s, _ in chosen}, sampler_order)
+    rows = sorted({(d, s) for d, s, _ in chosen}, key=lambda ds: (ds[0], samplers.index(ds[1])))
+    methods = sorted({m for _, _, m in chosen})
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), len(methods), figsize=(2.6 * len(methods), 2.9 * len(rows)), squeeze=False)
+    for i, (dataset, sampler) in enumerate(rows):
+        for j, method in enumerate(methods):
+            ax = axes[i][j]
+            ax.axis("off")
+            record = chosen.get((dataset, sampler, method))
+            if record is not None:
+                image = plt.imread(results_dir / record["artefacts"]["grid"])
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+                ax.set_title(f"{method}\n{dataset}, {sampler}, seed {record['seed']}", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+    return path
+
+
 def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
     """Training loss against step, one panel per dataset, one line per (method, seed), each
     divided by its own first logged value: methods define their losses differently (a mean
@@ -331,6 +364,9 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
         parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
     if plot_samples(records, results_dir, out / "samples.png", sampler_order=order):
         parts.append("![generated samples against the target](samples.png)\n\n" + SAMPLES_CAPTION.format(lines=64))
+    if plot_image_grids(records, results_dir, out / "image_samples.png", sampler_order=order):
+        parts.append("![generated images](image_samples.png)\n\nThe first 64 generated images of each method's "
+                     "lowest seed, one row per sampler.")
     if plot_loss_curves(records, out / "loss_curves.png"):
         parts.append("![training loss, relative to its first logged value](loss_curves.png)")
     parts.append(setup_section(suite, records))

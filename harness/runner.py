@@ -394,6 +394,7 @@ def _thin(curve: list[tuple[int, float]]) -> list[list[float]]:
 
 
 SAVED_POINTS = 1000  # generated 2-D points kept per record, for plots
+GRID_SAMPLES = 64  # generated images kept per record, as one PNG grid
 OUT_OF_RANGE = 1e3  # samples this many times beyond the reference's extent count as diverged
 
 
@@ -408,12 +409,28 @@ def samples_out_of_range(samples: np.ndarray, reference: np.ndarray) -> int:
 FLOW_GRID_SOLVER = "euler"  # flow metrics (path energy, straightness) integrate on its uniform grid
 
 
+def image_grid(samples: np.ndarray, shape: tuple[int, ...], count: int = GRID_SAMPLES) -> np.ndarray:
+    """The first ``count`` samples (flat, values in [−1, 1]) of (C, H, W) images as one
+    uint8 picture: a square grid with a 1-pixel border, (rows·(H+1)+1, cols·(W+1)+1[, 3])."""
+    c, h, w = shape
+    images = np.clip((samples[:count].reshape(-1, c, h, w) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    grid = np.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        top, left = 1 + (i // cols) * (h + 1), 1 + (i % cols) * (w + 1)
+        grid[:, top:top + h, left:left + w] = image
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
 def evaluate(job: EvalJob, built: Built, model: nn.Module,
-             train_stats: dict) -> tuple[str, dict, dict, dict[str, np.ndarray] | None]:
+             train_stats: dict) -> tuple[str, dict, dict, dict[str, tuple[str, Any]]]:
     """Sample with one sampler; measure NFE, latency, memory; compute the metrics.
 
-    Also returns, for two-dimensional data, up to SAVED_POINTS source points, the samples
-    generated from them and reference points (float32), for the report's sample plots."""
+    Also returns the files to keep beside the record, by name: (suffix, write(binary file)).
+    Two-dimensional data: "points", up to SAVED_POINTS source points, the samples generated
+    from them and reference points (float32), for the report's sample plots. Images:
+    "grid", the first GRID_SAMPLES samples as one PNG."""
     seed, n = job.train.seed, job.budget.num_samples
     hw = job.train.hardware
     solver_cls = reg.SOLVERS.get(job.sampler.solver)
@@ -502,14 +519,20 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module,
     if any("flow" in metric.needs for _, metric in specs):  # the grid, whatever the sampler
         measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)
                                      else {"solver": FLOW_GRID_SOLVER, "steps": sorted(flows)})
-    points = None
+    files: dict[str, tuple[str, Any]] = {}
+    if len(built.dataset.shape) == 3 and built.dataset.shape[0] in (1, 3) and finite:
+        from PIL import Image
+
+        grid = image_grid(samples, tuple(built.dataset.shape))
+        files["grid"] = ("png", lambda f, g=grid: Image.fromarray(g).save(f, format="PNG"))
     if samples.shape[1] == 2:
         # A fixed random subset: a stratified reference (moons on a grid of angles) is
         # ordered, and its first points would show one moon only.
         keep = np.sort(np.random.default_rng(0).permutation(n)[:SAVED_POINTS])
         points = {"source": ctx.source[keep], "samples": samples[keep], "reference": ctx.reference[keep]}
         points = {k: v.astype(np.float32) for k, v in points.items()}
-    return ("ok" if finite else "diverged"), metrics, measurements, points
+        files["points"] = ("npz", lambda f, p=points: np.savez_compressed(f, **p))
+    return ("ok" if finite else "diverged"), metrics, measurements, files
 
 
 class Runner:
@@ -622,7 +645,7 @@ class Runner:
                 summary.add(result.status)
                 continue
             try:
-                status, metrics, measurements, points = evaluate(e, built, result.model, result.stats)
+                status, metrics, measurements, files = evaluate(e, built, result.model, result.stats)
             except StorageError:
                 raise
             except Exception as err:  # noqa: BLE001
@@ -630,10 +653,10 @@ class Runner:
                 summary.add("failed")
                 continue
             artefacts = {}
-            if points is not None:
-                path = self.results_dir / "samples" / f"{e.key}.npz"
-                write_atomic(path, lambda f, p=points: np.savez_compressed(f, **p))
-                artefacts["points"] = str(path.relative_to(self.results_dir))
+            for name, (suffix, write) in files.items():
+                path = self.results_dir / "samples" / f"{e.key}.{suffix}"
+                write_atomic(path, write)
+                artefacts[name] = str(path.relative_to(self.results_dir))
             self._write(e, status, metrics, measurements, result.stats, artefacts=artefacts)
             summary.add(status)
 

@@ -90,3 +90,26 @@ def test_a_digits_run_records_each_values_provenance(tmp_path):
     assert provenance["fd_digits"]["generated"] == provenance["fd_digits"]["reference"] == 100
     assert provenance["kid_digits"]["params"] == {"subsets": 100, "subset_size": 1000}
     assert record["metrics"]["fd_digits"] > 0
+
+
+def test_image_records_keep_a_png_grid_and_the_report_shows_it(tmp_path):
+    from PIL import Image
+
+    from harness.results import read_records
+    from harness.runner import image_grid
+    from tests.conftest import run_cli
+
+    grid = image_grid(np.linspace(-1, 1, 5 * 64).reshape(5, 64), (1, 8, 8))
+    assert grid.shape == (2 * 9 + 1, 3 * 9 + 1) and grid.dtype == np.uint8  # 5 images: 3 columns, 2 rows
+    assert grid[1, 1] == 0 and grid[0, 0] == 255  # the first pixel of the first image is −1; the border white
+    out = tmp_path / "r"
+    run = run_cli("run", "digits-quick", "--results", str(out), "--no-progress", "--set", "budget.train.steps=10",
+                  "--set", "budget.eval.num_samples=100", "--set", "budget.eval.repeats=1", "--set", "samplers=[euler-1]",
+                  "--set", "metrics=[fd_digits]", "--set", "methods=[{extends: icfm, name: icfm-digits}]")
+    assert run.returncode == 0, run.stderr
+    (record,) = read_records(out)
+    with Image.open(out / record["artefacts"]["grid"]) as png:
+        assert png.size == (8 * 9 + 1, 8 * 9 + 1) and png.mode == "L"  # 64 digits of 8x8 in an 8x8 grid
+    assert run_cli("report", str(out)).returncode == 0
+    report = (out / "report" / "report.md").read_text()
+    assert "![generated images](image_samples.png)" in report and (out / "report" / "image_samples.png").is_file()
