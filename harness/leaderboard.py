@@ -120,6 +120,24 @@ def variant_labels(records: list[dict]) -> dict[str, str]:
     return labels
 
 
+def mixed_provenance(frame: Any, metric: str) -> str:
+    """What differs between the provenances of ``metric``'s values in ``frame`` (finished
+    records of one table), e.g. "weights_sha256: 9192fcffb295, 0a1b2c3d4e5f"; "" when they
+    agree or the metric records none."""
+    from harness.results import PROVENANCE
+
+    column = metric + PROVENANCE
+    if column not in frame:
+        return ""
+    values = frame.loc[frame["status"] == "ok", column].dropna().unique()
+    if len(values) < 2:
+        return ""
+    parsed = [json.loads(v) for v in values]
+    keys = sorted({k for p in parsed for k in p})
+    differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
+    return "; ".join(f"{k}: " + ", ".join(sorted({str(p.get(k))[:12] for p in parsed})) for k in differing)
+
+
 def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[str, str] | None = None) -> list[Table]:
     """Aggregate over seeds and rank; ``frame`` comes from ``results.records_frame``. One
     row per (method, sampler, configuration): records are averaged only with records that
@@ -142,10 +160,14 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[st
                 cells[m] = Cell(summary and summary.mean, summary and summary.std, len(values))
             rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells,
                             int(ok["seed"].nunique()), variants.get(config, "")))
-        rows.sort(key=lambda row: _rank_key(row, rank_by))
+        mixed = {m: differing for m in metrics if (differing := mixed_provenance(by_dataset, m))}
+        if rank_by in mixed:
+            rows.sort(key=lambda row: (row.method, row.variant, row.sampler))  # not ranked: see the note
+        else:
+            rows.sort(key=lambda row: _rank_key(row, rank_by))
         for m in metrics:
             vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
-            if not vals:
+            if not vals or m in mixed:
                 continue
             if m in METRICS and not METRICS.get(m).marks_best:
                 continue  # the set-up decides it (a sampler's NFE): nothing to win
@@ -155,7 +177,10 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[st
                 continue  # a tie between methods marks nothing (one model under several samplers is no tie)
             for r in winners:
                 r.cells[m].best = True
-        notes = []
+        notes = [f"{m}: this column mixes values of different provenance ({differing}); they are not comparable, "
+                 f"so none is marked best{' and the rows are not ranked' if m == rank_by else ''}. Rerun the "
+                 "older records (run --rerun) to measure them alike."
+                 for m, differing in mixed.items()]
         for m in metrics:
             floor = METRICS.get(m).noise_floor if m in METRICS else None
             if floor is not None and (note := floor(by_dataset[by_dataset["status"] == "ok"])):
@@ -391,7 +416,7 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
     metrics, default_rank, precision = leaderboard_options(results_dir)
     if not metrics:
         fixed = {"key", "config", "suite", "dataset", "method", "sampler", "seed", "status"}
-        metrics = [c for c in frame.columns if c not in fixed]
+        metrics = [c for c in frame.columns if c not in fixed and not c.endswith("@provenance")]
     rank = rank_by or default_rank
     if rank not in metrics:
         metrics = [rank, *metrics]

@@ -288,6 +288,9 @@ def final_keys(results_dir: Path) -> set[str]:
     return {r["key"] for r in read_records(results_dir) if r.get("status") in ("ok", "diverged")}
 
 
+PROVENANCE = "@provenance"  # suffix of a frame column holding a metric's provenance (JSON text)
+
+
 def records_frame(records: list[dict]):
     """One row per record: identifiers, ``config`` (the hash of everything but the seed
     that produced it: records averaged into one table row must agree on it), status, and
@@ -314,5 +317,8 @@ def records_frame(records: list[dict]):
         }
         for name, value in (r.get("metrics") or {}).items():
             row[name] = value
+        provenance = ((r.get("measurements") or {}).get("provenance") or {})
+        for name, what in provenance.items():  # what produced the value, for comparing columns
+            row[name + PROVENANCE] = json.dumps(what, sort_keys=True)
         rows.append(row)
     return pd.DataFrame(rows)

@@ -197,3 +197,27 @@ def test_latex_tables_and_claims_compile_under_pdflatex(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "t.pdf").stat().st_size > 1000
+
+
+def test_a_column_of_mixed_provenance_is_neither_marked_nor_ranked():
+    """Values made with different feature networks (say) are not comparable: the table says
+    so, marks no best value in that column, and does not rank by it."""
+    import json
+
+    import pandas as pd
+
+    def row(method, value, sha):
+        return {"dataset": "digits", "method": method, "sampler": "euler-8", "seed": 0, "status": "ok", "config": method,
+                "fd_digits": value, "nfe": 8.0,
+                "fd_digits@provenance": json.dumps({"weights_sha256": sha, "generated": 300})}
+
+    same = build_tables(pd.DataFrame([row("a", 50.0, "aaa"), row("b", 40.0, "aaa")]), ["fd_digits", "nfe"], "fd_digits")
+    assert [r.method for r in same[0].rows] == ["b", "a"] and same[0].rows[0].cells["fd_digits"].best
+    assert same[0].notes == []
+    (table,) = build_tables(pd.DataFrame([row("a", 50.0, "aaa"), row("b", 40.0, "bbb")]), ["fd_digits", "nfe"],
+                            "fd_digits")
+    assert [r.method for r in table.rows] == ["a", "b"]  # by name: not ranked
+    assert not any(r.cells["fd_digits"].best for r in table.rows)
+    (note,) = table.notes
+    assert note.startswith("fd_digits: this column mixes values of different provenance (weights_sha256: aaa, bbb)")
+    assert "the rows are not ranked" in note
