@@ -23,7 +23,8 @@ from tests.conftest import expected_calls
 
 # Tiny settings for entries whose defaults are not enough (or too slow).
 DATASET_PARAMS: dict[str, dict] = {"toy2d": {"target": "moons"}}
-NETWORK_PARAMS: dict[str, dict] = {"mlp": {"width": 32, "depth": 2}, "unet": {"channels": 8, "channel_mult": [1, 2]}}
+NETWORK_PARAMS: dict[str, dict] = {"mlp": {"width": 32, "depth": 2}, "unet": {"channels": 8, "channel_mult": [1, 2]},
+                                   "dit": {"hidden": 16, "depth": 1, "heads": 2, "patch_size": 2}}
 METHOD_PARAMS: dict[str, dict] = {}
 SOLVER_PARAMS: dict[str, dict] = {"euler": {"steps": 4}, "midpoint": {"steps": 4}, "heun": {"steps": 4},
                                   "rk4": {"steps": 4}, "dopri5": {}}
