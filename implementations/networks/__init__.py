@@ -9,8 +9,8 @@ imported when a run first builds one.
 from __future__ import annotations
 
 from harness.registry import NETWORKS
-from implementations.networks.params import MLPParams
 from implementations.networks.dit_params import DiTParams
+from implementations.networks.params import MLPParams
 from implementations.networks.unet_params import UNetParams
 
 NETWORKS.defer("mlp", "implementations.networks.mlp:MLP", MLPParams)

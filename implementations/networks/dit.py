@@ -102,7 +102,7 @@ class DiT(nn.Module):
                              f"{params.patch_size}; this dataset's samples have shape {tuple(shape)}")
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        b, c_img = x.shape[0], self.shape[0]
+        c_img = self.shape[0]
         tokens = self.embed(x).flatten(2).transpose(1, 2) + self.pos  # (b, grid², hidden)
         cond = self.time(broadcast_time(t, x))
         if self.label is not None and y is not None:
