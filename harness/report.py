@@ -69,6 +69,27 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path,
     return path
 
 
+def _lowest_seeds(records: list[dict], results_dir: Path, artefact: str, sampler_order: list[str] | None
+                  ) -> tuple[dict[tuple[str, str, str], dict], list[tuple[str, str]], list[str]] | None:
+    """For figures of saved samples: the finished record of the lowest seed for each
+    (dataset, sampler, method) whose ``artefact`` file is here (samples/ is not committed:
+    a fresh clone draws what it has), the (dataset, sampler) rows in the suite's sampler
+    order, and the methods; None when there is nothing to draw."""
+    chosen: dict[tuple[str, str, str], dict] = {}
+    for r in records:
+        name = (r.get("artefacts") or {}).get(artefact)
+        if r.get("status") != "ok" or not name or not (results_dir / name).is_file():
+            continue
+        slot = (r["dataset"], r["sampler"], r["method"])
+        if slot not in chosen or r["seed"] < chosen[slot]["seed"]:
+            chosen[slot] = r
+    if not chosen:
+        return None
+    samplers = _ordered({s for _, s, _ in chosen}, sampler_order)
+    rows = sorted({(d, s) for d, s, _ in chosen}, key=lambda ds: (ds[0], samplers.index(ds[1])))
+    return chosen, rows, sorted({m for _, _, m in chosen})
+
+
 def _ordered(names: Any, order: list[str] | None) -> list[str]:
     """``names`` in the suite's order (``order``), the rest alphabetically after them."""
     order = order or []
@@ -134,19 +155,10 @@ def plot_samples(records: list[dict], results_dir: Path, path: Path, lines: int 
     per dataset (see :data:`SAMPLES_CAPTION`, which the report prints under it)."""
     import numpy as np
 
-    chosen: dict[tuple[str, str, str], dict] = {}
-    for r in records:
-        points = (r.get("artefacts") or {}).get("points")
-        if r.get("status") != "ok" or not points or not (results_dir / points).is_file():
-            continue  # samples/ is not committed: a fresh clone draws what it has
-        slot = (r["dataset"], r["sampler"], r["method"])
-        if slot not in chosen or r["seed"] < chosen[slot]["seed"]:
-            chosen[slot] = r
-    if not chosen:
+    found = _lowest_seeds(records, results_dir, "points", sampler_order)
+    if found is None:
         return None
-    samplers = _ordered({s for _, s, _ in chosen}, sampler_order)
-    rows = sorted({(d, s) for d, s, _ in chosen}, key=lambda ds: (ds[0], samplers.index(ds[1])))
-    methods = sorted({m for _, _, m in chosen})
+    chosen, rows, methods = found
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(2.3 * (len(methods) + 1), 2.75 * len(rows) + 0.9),
                              squeeze=False)
@@ -196,19 +208,10 @@ def plot_image_grids(records: list[dict], results_dir: Path, path: Path,
                      sampler_order: list[str] | None = None) -> Path | None:
     """The saved grids of generated images (each record's first 64 samples, its lowest
     seed): one row per (dataset, sampler), one column per method."""
-    chosen: dict[tuple[str, str, str], dict] = {}
-    for r in records:
-        grid = (r.get("artefacts") or {}).get("grid")
-        if r.get("status") != "ok" or not grid or not (results_dir / grid).is_file():
-            continue
-        slot = (r["dataset"], r["sampler"], r["method"])
-        if slot not in chosen or r["seed"] < chosen[slot]["seed"]:
-            chosen[slot] = r
-    if not chosen:
+    found = _lowest_seeds(records, results_dir, "grid", sampler_order)
+    if found is None:
         return None
-    samplers = _ordered({s for _, s, _ in chosen}, sampler_order)
-    rows = sorted({(d, s) for d, s, _ in chosen}, key=lambda ds: (ds[0], samplers.index(ds[1])))
-    methods = sorted({m for _, _, m in chosen})
+    chosen, rows, methods = found
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), len(methods), figsize=(2.6 * len(methods), 2.9 * len(rows)), squeeze=False)
     for i, (dataset, sampler) in enumerate(rows):
