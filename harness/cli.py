@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Runner
 
     suite = load_suite(args.suite, args.overrides, root=args.specs)
-    _check_device(suite, args.suite)
+    _check_resources(suite, args.suite)
     plan = make_plan(suite)
     all_keys = set(plan.record_keys)
     if args.only:
@@ -174,7 +174,7 @@ def _origin(args: argparse.Namespace) -> dict:
             "specs": str(root.resolve()) if root is not None else None}
 
 
-def _check_device(suite, ref: str) -> None:
+def _check_resources(suite, ref: str) -> None:
     """A device this machine does not have, or a dataset whose files are not here, is a
     mistake in the command, found before anything runs (not a column of failed records).
     A dataset implementation may define ``check(params)``, raising FileNotFoundError with
