@@ -5,7 +5,7 @@ with time concatenated, Adam lr 1e-3, batch 256, sigma 0.01, for I-CFM and OT-CF
 
 Speed: for every repeat and method, TorchCFM's tutorial training loop (their MLP, their
 ``ConditionalFlowMatcher`` / ``ExactOptimalTransportConditionalFlowMatcher``, their
-``sample_8gaussians`` / ``sample_moons``) and flowgauge's ``harness.runner.train`` are run
+``sample_8gaussians`` / ``sample_moons``) and flowgauge's ``harness.training.train`` are run
 back to back, in alternating order, with the same torch thread count; the ratio
 flowgauge / TorchCFM of training steps per second is taken per repeat, and its median
 (with min and max) is reported.
@@ -143,7 +143,8 @@ def load_protocol(steps: int, threads: int, prefetch_workers: int | None) -> Any
 
 def flowgauge_train(suite: Any, method: str, seed: int) -> Trained:
     from harness.plan import TrainJob
-    from harness.runner import build, configure, train
+    from harness.building import build, configure
+    from harness.training import train
     from harness.seeding import seed_everything
 
     spec = next(m for m in suite.methods if m.name == SUITE_METHOD[method])
@@ -355,7 +356,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     train_steps = args.warmup + args.steps
     suite = load_protocol(train_steps, threads, args.prefetch_workers)
     from harness.metrics import wasserstein
-    from harness.runner import configure
+    from harness.building import configure
 
     # Process-wide settings (threads, deterministic algorithms) are applied once, before
     # either library runs, so that both sides run under the same ones.

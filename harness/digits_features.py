@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness.features import FEATURES as FEATURE_SPACES
 from harness.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -76,3 +77,29 @@ def features(flat: np.ndarray, shape: tuple[int, ...], batch_size: int = 1024) -
         for start in range(0, len(images), batch_size):
             out.append(net[0](images[start:start + batch_size]).double().numpy())
     return np.concatenate(out) if out else np.zeros((0, FEATURES))
+
+
+class DigitsExtractor:
+    """The ``digits`` feature space: the shipped classifier's 64 penultimate features of
+    (n, 1, H, W) digit images in [−1, 1] (H = 16 or 32 average-pooled to 8 first)."""
+
+    dim = FEATURES
+
+    def __init__(self, options: dict[str, Any]):
+        if options:
+            raise ValueError(f"the digits feature space takes no options, got {sorted(options)}")
+        self.net, self.card = load()
+        if self.net.training:
+            raise RuntimeError("the digits classifier must be in eval mode")
+
+    def __call__(self, images: Any) -> np.ndarray:
+        images = torch.as_tensor(images, dtype=torch.float32)
+        return features(images.reshape(len(images), -1).numpy(), tuple(images.shape[1:]))
+
+    def provenance(self) -> dict[str, Any]:
+        return {"features": "harness.digits_features (penultimate layer, 64-d)", "weights_sha256": self.card["sha256"],
+                "classifier_held_out_accuracy": self.card["held_out_accuracy"],
+                "resize": "average pooling to 8x8"}
+
+
+FEATURE_SPACES.add("digits", DigitsExtractor)

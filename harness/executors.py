@@ -63,10 +63,10 @@ def _worker_init(parent: int) -> None:
 
 
 def _run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], concurrency: int) -> Counts:
-    from harness.runner import Runner, Summary
+    from harness.unit import Summary, Unit
 
     summary = Summary()
-    Runner(results_dir, progress=False, concurrency=concurrency)._run_training(job, evals, summary)
+    Unit(results_dir, progress=False, concurrency=concurrency).run(job, evals, summary)
     return summary.counts
 
 
@@ -92,11 +92,11 @@ def _died(process: multiprocessing.process.BaseProcess) -> str:
 
 
 def _record_failure(results_dir: Path, job: TrainJob, evals: list[EvalJob], why: str, concurrency: int) -> Counts:
-    from harness.runner import Runner
+    from harness.unit import Unit
 
-    runner = Runner(results_dir, progress=False, concurrency=concurrency)
+    unit = Unit(results_dir, progress=False, concurrency=concurrency)
     for e in evals:
-        runner._write(e, "failed", {}, {}, {}, error=f"WorkerDied: {why}")
+        unit.write(e, "failed", {}, {}, {}, error=f"WorkerDied: {why}")
     return {"failed": len(evals)} if evals else {}
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 
+from harness.features import FeaturePair, FeatureRequest
 from harness.registry import METRICS
 
 
@@ -40,11 +41,14 @@ class EvalContext:
     steps: float | None = None
     latency_s: float | None = None
     num_samples: int = 0
+    batch_size: int = 0  # samples per sampling call (latency is per call)
     peak_memory_mib: float | None = None  # the process's peak while sampling
     memory_added_mib: float | None = None  # that peak minus what the process held as sampling began
     train: dict[str, Any] = field(default_factory=dict)
     num_params: int | None = None
     shape: tuple[int, ...] = ()  # one sample's shape, (1, 8, 8) for digits: samples are flattened to (n, d)
+    # for a metric that declares ``features``: its feature space's generated and reference sides
+    feature: FeaturePair | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,9 @@ class Metric:
     # provenance(ctx, params) -> what produced the value (feature network and its hash, sample
     # counts, ...), stored with the record beside the value
     provenance: Callable[[EvalContext, Any], dict] | None = None
+    # features(params) -> the feature space it compares in (harness.features); the evaluator
+    # accumulates it batch by batch, supplies ctx.feature and records its provenance
+    features: Callable[[Any], FeatureRequest] | None = None
 
     @property
     def label(self) -> str:
@@ -86,11 +93,12 @@ class Metric:
 def metric(name: str, unit: str, higher_is_better: bool, needs: set[str],
            params: type[BaseModel] = NoParams, best_at: float | None = None,
            noise_floor: Callable[[Any], str | None] | None = None, marks_best: bool = True,
-           provenance: Callable[[EvalContext, Any], dict] | None = None) -> Callable:
+           provenance: Callable[[EvalContext, Any], dict] | None = None,
+           features: Callable[[Any], FeatureRequest] | None = None) -> Callable:
     def decorator(fn: Callable[[EvalContext, Any], float | None]) -> Callable:
         summary = " ".join((fn.__doc__ or "").strip().split("\n\n")[0].split())  # first paragraph
         METRICS.add(name, Metric(name, fn, unit, higher_is_better, summary, frozenset(needs), params, best_at,
-                                 noise_floor, marks_best, provenance))
+                                 noise_floor, marks_best, provenance, features))
         return fn
 
     return decorator
@@ -223,14 +231,15 @@ def _steps(ctx: EvalContext, params: NoParams) -> float | None:
 
 @metric("latency", unit="ms", higher_is_better=False, needs={"latency"})
 def _latency(ctx: EvalContext, params: NoParams) -> float | None:
-    """Median wall time to sample the evaluation batch (warm-up excluded)."""
+    """Median wall time of one sampling call on a batch of ``eval.batch_size`` samples
+    (decoding included; warm-up excluded)."""
     return None if ctx.latency_s is None else 1000.0 * ctx.latency_s
 
 
 @metric("throughput", unit="samples/s", higher_is_better=True, needs={"latency"})
 def _throughput(ctx: EvalContext, params: NoParams) -> float | None:
     """Samples per second at the evaluation batch size (median latency)."""
-    return None if not ctx.latency_s else ctx.num_samples / ctx.latency_s
+    return None if not ctx.latency_s else (ctx.batch_size or ctx.num_samples) / ctx.latency_s
 
 
 @metric("memory_added", unit="MiB", higher_is_better=False, needs={"memory"})
@@ -371,40 +380,33 @@ def kernel_inception_distance(x: np.ndarray, y: np.ndarray, subsets: int, subset
     return float(np.mean(values))
 
 
-def _digits_features(ctx: EvalContext) -> tuple[np.ndarray, np.ndarray]:
-    from harness import digits_features
-
-    return digits_features.features(ctx.samples, ctx.shape), digits_features.features(ctx.reference, ctx.shape)
+def _digits_space(params: Any) -> FeatureRequest:
+    return FeatureRequest.of("digits", keep=isinstance(params, KIDParams))
 
 
-def _digits_provenance(ctx: EvalContext, params: Any) -> dict:
-    from harness import digits_features
-
-    _, card = digits_features.load()
-    return {"features": "harness.digits_features (penultimate layer, 64-d)", "weights_sha256": card["sha256"],
-            "classifier_held_out_accuracy": card["held_out_accuracy"], "resize": "average pooling to 8x8",
-            "generated": len(ctx.samples), "reference": len(ctx.reference),
-            "reference_split": "the dataset's held-out images", "precision": "float64 statistics",
-            **({"params": params.model_dump()} if params.model_fields else {})}
-
-
-@metric("fd_digits", unit="", higher_is_better=False, needs={"samples", "reference"}, provenance=_digits_provenance)
+@metric("fd_digits", unit="", higher_is_better=False, needs={"features"}, features=_digits_space)
 def _fd_digits(ctx: EvalContext, params: NoParams) -> float:
     """Fréchet distance between generated and held-out digits in the shipped digits
     classifier's 64-d feature space (the CPU stand-in for FID; not FID)."""
-    from harness.frechet import FeatureStats, Reference, check_sample_size
-
-    fake, real = _digits_features(ctx)
-    check_sample_size(len(fake), fake.shape[1], "fd_digits, generated")
-    check_sample_size(len(real), real.shape[1], "fd_digits, reference")
-    reference = Reference.from_stats(FeatureStats(real.shape[1]).update(real))
-    return reference.distance(*FeatureStats(fake.shape[1]).update(fake).result())
+    return frechet_of(ctx.feature, "fd_digits")
 
 
-@metric("kid_digits", unit="", higher_is_better=False, needs={"samples", "reference"}, params=KIDParams,
-        provenance=_digits_provenance)
+def frechet_of(pair: FeaturePair, name: str) -> float:
+    """The Fréchet distance of a feature pair, after the sample-size guard on both sides."""
+    from harness.frechet import check_sample_size
+
+    check_sample_size(pair.generated.n, pair.generated.stats.dim, f"{name}, generated")
+    check_sample_size(pair.reference.n, pair.reference.features.stats.dim, f"{name}, reference")
+    return pair.reference.frechet().distance(*pair.generated.stats.result())
+
+
+@metric("kid_digits", unit="", higher_is_better=False, needs={"features"}, params=KIDParams,
+        features=_digits_space)
 def _kid_digits(ctx: EvalContext, params: KIDParams) -> float:
     """Kernel distance (KID's unbiased cubic-kernel MMD², subsets averaged) between generated
     and held-out digits in the digits classifier's feature space."""
-    fake, real = _digits_features(ctx)
-    return kernel_inception_distance(fake, real, params.subsets, params.subset_size)
+    return kernel_inception_distance(ctx.feature.generated.points(), ctx.feature.reference.features.points(),
+                                     params.subsets, params.subset_size)
+
+
+import harness.digits_features  # noqa: E402,F401  registers the "digits" feature space

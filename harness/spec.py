@@ -8,15 +8,14 @@ misspelt or mistyped hyperparameter fails at load time with its file and line.
 
 from __future__ import annotations
 
+import re
 import types
 import typing
-import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     model_validator,
@@ -24,6 +23,7 @@ from pydantic import (
 
 from harness.claims import Claim
 from harness.errors import SpecError
+from harness.interfaces import Params, added
 from harness.limits import (
     MAX_LIST,
     BatchSize,
@@ -38,7 +38,6 @@ from harness.limits import (
 )
 from harness.registry import did_you_mean
 from harness.source import KeyPath, Source
-
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 
@@ -55,8 +54,9 @@ def check_name(name: str) -> str:
 Name = Annotated[str, AfterValidator(check_name)]
 
 
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class StrictModel(Params):
+    """Frozen, no unknown keys; a field declared with :func:`~harness.interfaces.added` is
+    left out of dumps at its default, so adding it changes no key of an earlier run."""
 
 
 class Paper(StrictModel):
@@ -168,6 +168,12 @@ class EvalBudget(StrictModel):
     num_samples: Points = Field(2000, description="generated samples (and fresh reference samples)")
     warmup: Warmup = Field(1, description="untimed sampling calls before timing")
     repeats: Repeats = Field(5, description="timed sampling calls; latency is their median")
+    batch_size: BatchSize | None = added(
+        None, added_in="issue 12", description="samples per sampling call; null: a whole shard at once. The "
+        "samples do not depend on it")
+    shard_size: Points = added(
+        10_000, added_in="issue 12", description="samples per noise block and per saved shard: block b's noise "
+        "comes from its own stream, and a finished shard is kept so an interrupted evaluation resumes")
 
 
 class Budget(StrictModel):

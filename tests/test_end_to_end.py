@@ -124,10 +124,10 @@ def test_budget_stops_at_the_first_limit(tmp_path, monkeypatch, train, stopped_b
         # inside a step, and a test on the real clock then failed).
         import types
 
-        import harness.runner
+        import harness.training
 
         ticks = iter(range(10**9))
-        monkeypatch.setattr(harness.runner, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * 1e-3))
+        monkeypatch.setattr(harness.training, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks) * 1e-3))
     out, _ = _run(tmp_path, TINY_SUITE.replace("{steps: 40, log_every: 10}", train)
                   .replace("[icfm, rectified-flow]", "[icfm]").replace("[euler-1, heun-8, dopri5]", "[euler-1]"))
     (record,) = read_records(out)
@@ -173,7 +173,7 @@ def test_a_cuda_suite_on_a_machine_without_cuda_is_refused_before_running(tmp_pa
 
 
 def test_a_failed_run_is_recorded_and_shown_on_the_terminal(tmp_path, monkeypatch):
-    from harness import runner
+    from harness import unit as runner
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom in the evaluation")

@@ -11,6 +11,7 @@ import torch
 import harness.metrics  # noqa: F401
 import implementations  # noqa: F401
 from harness import digits_features
+from harness.features import pair_of
 from harness.metrics import EvalContext, NoParams, kernel_inception_distance
 from harness.registry import DATASETS, METRICS
 
@@ -46,19 +47,30 @@ def test_the_training_script_reproduces_the_card():
     assert held_out_accuracy == pytest.approx(digits_features.load()[1]["held_out_accuracy"], abs=0.01)
 
 
+def _fd(samples: np.ndarray, reference: np.ndarray, shape=(1, 8, 8)) -> float:
+    extract = digits_features.DigitsExtractor({})
+    as_images = lambda x: torch.as_tensor(x, dtype=torch.float32).reshape(len(x), *shape)  # noqa: E731
+    pair = pair_of(extract(as_images(samples)), extract(as_images(reference)))
+    return METRICS.get("fd_digits").fn(EvalContext(feature=pair), NoParams())
+
+
 def test_real_digits_score_far_below_noise_and_identical_sets_score_zero(digits):
     reference = flat(digits.sample_target(300, torch.Generator().manual_seed(1)))
     train = digits.train_split(None)
     real = flat(train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:300]])
     noise = np.random.default_rng(0).normal(size=(300, 64))
-    fd = METRICS.get("fd_digits").fn
-    same = fd(EvalContext(samples=reference, reference=reference, shape=(1, 8, 8)), NoParams())
-    floor = fd(EvalContext(samples=real, reference=reference, shape=(1, 8, 8)), NoParams())
-    worst = fd(EvalContext(samples=noise, reference=reference, shape=(1, 8, 8)), NoParams())
-    assert same == pytest.approx(0.0, abs=1e-6)
+    assert _fd(reference, reference) == pytest.approx(0.0, abs=1e-6)
+    floor, worst = _fd(real, reference), _fd(noise, reference)
     assert 5 < floor < 60 and worst > 300  # measured: 19.7 and 610
     with pytest.raises(ValueError, match=r"digit images of shape \(1, 8, 8\).*this dataset's are \(2,\)"):
-        fd(EvalContext(samples=noise[:, :2], reference=noise[:, :2], shape=(2,)), NoParams())
+        _fd(noise[:, :2], noise[:, :2], shape=(2,))
+    with pytest.raises(ValueError, match="fd_digits, generated: 40 feature vectors for 64 feature dimensions"):
+        _fd(reference[:40], reference)
+
+
+def test_the_feature_network_runs_in_eval_mode():
+    extractor = digits_features.DigitsExtractor({})
+    assert not extractor.net.training and not any(m.training for m in extractor.net.modules())
 
 
 def test_kid_equals_clean_fids_kernel_distance_on_whole_samples():
@@ -87,7 +99,9 @@ def test_a_digits_run_records_each_values_provenance(tmp_path):
     provenance = record["measurements"]["provenance"]
     card = digits_features.load()[1]
     assert provenance["fd_digits"]["weights_sha256"] == card["sha256"]
-    assert provenance["fd_digits"]["generated"] == provenance["fd_digits"]["reference"] == 100
+    assert provenance["fd_digits"]["generated"] == 100
+    assert provenance["fd_digits"]["reference"] == len(DATASETS.get("digits")(DATASETS.get("digits").Params()).held_out_images)
+    assert provenance["fd_digits"]["reference_split"] == "held_out" and len(provenance["fd_digits"]["reference_sha256"]) == 64
     assert provenance["kid_digits"]["params"] == {"subsets": 100, "subset_size": 1000}
     assert record["metrics"]["fd_digits"] > 0
 
@@ -96,7 +110,7 @@ def test_image_records_keep_a_png_grid_and_the_report_shows_it(tmp_path):
     from PIL import Image
 
     from harness.results import read_records
-    from harness.runner import image_grid
+    from harness.evaluation import image_grid
     from tests.conftest import run_cli
 
     grid = image_grid(np.linspace(-1, 1, 5 * 64).reshape(5, 64), (1, 8, 8))

@@ -235,7 +235,7 @@ def test_one_run_at_a_time_holds_a_results_folder(tmp_path):
 
 
 def test_failed_runs_are_retried_by_the_next_run(tmp_path, monkeypatch):
-    from harness import runner
+    from harness import unit as runner
 
     real = runner.evaluate
 

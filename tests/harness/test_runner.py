@@ -12,7 +12,10 @@ import torch
 
 from harness.plan import make_plan
 from harness.resolve import load_suite
-from harness.runner import BatchStream, Pairs, PreparedBatches, Runner, Validation, build, samples_out_of_range
+from harness.building import build
+from harness.evaluation import samples_out_of_range
+from harness.runner import Runner
+from harness.training import BatchStream, Pairs, PreparedBatches, Validation
 from harness.seeding import generator, stream_seed
 from tests.conftest import PROJECT, SPECS, write
 
@@ -67,7 +70,7 @@ def test_hardware_dtype_reaches_the_network_and_the_loss(tmp_path):
     assert built.dtype == torch.float64
     assert {p.dtype for p in built.network.parameters()} == {torch.float64}
     stream = BatchStream(built.dataset, 16, generator(0, "data"))
-    from harness.runner import _to
+    from harness.building import to_device as _to
 
     batch = _to(stream.next(), built)
     loss = built.method.loss(built.network, batch, generator(0, "method"))

@@ -205,7 +205,8 @@ class _Field(nn.Module):
 def _evaluate_all(model, samplers, method="rectified-flow", extra=()):
     from harness.plan import make_plan
     from harness.resolve import load_suite
-    from harness.runner import build, configure, evaluate
+    from harness.building import build, configure
+    from harness.evaluation import evaluate
     from tests.conftest import SPECS, TINY
 
     overrides = [*TINY, "datasets=[moons]", f"methods=[{method}]", f"samplers=[{', '.join(samplers)}]",

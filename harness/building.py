@@ -1,0 +1,89 @@
+"""Spec parts to live objects on a device: the process-wide hardware settings, the
+dataset, method and network of a training job, its optimiser, and batches moved to the
+device."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness import registry as reg
+from harness.interfaces import Batch
+from harness.plan import TrainJob
+from harness.seeding import stream_seed
+from harness.spec import HardwareSpec
+
+
+@dataclass
+class Built:
+    """The objects a training job's spec resolves to."""
+
+    dataset: Any
+    method: Any
+    network: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    # The space the flow lives in when it is not the data's: a latent space, with
+    # ``sample_source``, ``train_split``, ``sample_target`` and ``shape`` of its own, and
+    # ``decode`` back to data (see harness.latent). None: the data space itself.
+    latent: Any = None
+    decode: Any = None
+
+    @property
+    def space(self) -> Any:
+        """What the flow trains on and samples in: the latent space, or the dataset."""
+        return self.dataset if self.latent is None else self.latent
+
+
+
+def configure(hardware: HardwareSpec) -> torch.device:
+    """Apply every hardware field that acts process-wide; returns the device."""
+    if hardware.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("hardware.device is 'cuda' but torch.cuda.is_available() is False")
+    if hardware.threads is not None:
+        torch.set_num_threads(hardware.threads)
+    if hardware.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(hardware.deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = hardware.deterministic
+    torch.backends.cudnn.benchmark = not hardware.deterministic
+    return torch.device(hardware.device)
+
+
+def autocast(hardware: HardwareSpec, device: torch.device) -> contextlib.AbstractContextManager:
+    if hardware.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, hardware.autocast))
+
+
+def build(job: TrainJob, device: torch.device) -> Built:
+    dtype = getattr(torch, job.hardware.dtype)
+    dataset_cls = reg.DATASETS.get(job.dataset.implementation)
+    dataset = dataset_cls(dataset_cls.Params.model_validate(job.dataset.params))
+    method_cls = reg.METHODS.get(job.method.implementation)
+    method = method_cls(method_cls.Params.model_validate(job.method.params))
+    net_spec = dict(job.method.network)
+    net_cls = reg.NETWORKS.get(net_spec.pop("name"))
+    torch.manual_seed(stream_seed(job.seed, "init"))
+    network = net_cls(net_cls.Params.model_validate(net_spec), dataset.shape).to(device=device, dtype=dtype)
+    return Built(dataset, method, network, device, dtype)
+
+
+def build_optimizer(job: TrainJob, network: nn.Module) -> torch.optim.Optimizer:
+    spec = dict(job.method.optimizer)
+    opt_cls = reg.OPTIMIZERS.get(spec.pop("name"))
+    return opt_cls.build(opt_cls.Params.model_validate(spec), network.parameters())
+
+
+
+def to_device(batch: Batch, built: Built) -> Batch:
+    def move(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.to(built.device, built.dtype, non_blocking=True)
+
+    return Batch(x_0=move(batch.x_0), x_1=move(batch.x_1), weights=move(batch.weights))
+

@@ -1,0 +1,362 @@
+"""Evaluate one trained model with one sampler: sample in batches, accumulate what the
+metrics need, measure cost, compute the metrics.
+
+Randomness that does not depend on the batch size. The ``num_samples`` source points
+are drawn in blocks of ``shard_size`` (budget.eval): block b from its own stream
+(``eval-source`` for b = 0, ``eval-source/b`` after), so sample i is the same whatever
+``batch_size`` is; batches never straddle a block. The reference sample is drawn the same
+way. Changing ``shard_size`` changes the noise, and so the samples; ``batch_size`` does
+not. (A method whose sampler draws noise of its own gets one generator per block; no
+registered sampler draws from it today.)
+
+Shards. A block is also a shard: what its batches accumulated (:mod:`harness.accumulators`)
+is saved to the artefact store when it finishes, so an interrupted evaluation of many
+shards resumes at the first unfinished one, and shards made in other processes merge in
+order. The files are deleted once the record is written.
+
+Cost. Peak memory and the first call's time (warm-up, torch.compile) are measured on the
+first batch; latency is the median of ``repeats`` timed calls on that batch after
+``warmup`` untimed ones (synchronised on CUDA), decoding included for a latent flow;
+throughput is samples per second at that batch size. Every batch of the pass is timed
+too (``measurements.batches``): its median and spread show what a long run sees.
+
+Guards. Samples that are not finite, or lie beyond ``OUT_OF_RANGE`` times the reference's
+extent, are counted and reported; when there is one, no sample metric is published and
+the record is ``diverged``. Feature metrics run their networks in eval mode, and a
+Fréchet distance refuses fewer vectors than dimensions, naming both numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness import registry as reg
+from harness.accumulators import Features, Points, Shard, Tally
+from harness.artefacts import ArtefactStore
+from harness.building import Built, autocast
+from harness.features import (
+    FeaturePair,
+    FeatureRequest,
+    ReferenceFeatures,
+    reference_key,
+    stats_sha256,
+)
+from harness.measure import NFECounter, PeakMemory, synchronize, time_calls
+from harness.metrics import EvalContext, Trajectory
+from harness.plan import EvalJob, canonical
+from harness.seeding import generator
+
+SAVED_POINTS = 1000  # generated 2-D points kept per record, for plots
+GRID_SAMPLES = 64  # generated images kept per record, as one PNG grid
+OUT_OF_RANGE = 1e3  # samples this many times beyond the reference's extent count as diverged
+FLOW_GRID_SOLVER = "euler"  # flow metrics (path energy, straightness) integrate on its uniform grid
+TOY_DIM = 16  # data of at most this many dimensions keeps its points (plots), whatever the metrics
+FEATURE_BATCH = 500  # images per call of a feature network on a reference split
+
+
+def block_stream(stream: str, block: int) -> str:
+    return stream if block == 0 else f"{stream}/{block}"
+
+
+def draw_blocks(draw: Any, n: int, block_size: int, seed: int, stream: str) -> torch.Tensor:
+    """``n`` draws of ``draw(m, generator)`` in blocks of ``block_size``, block b from its own stream."""
+    parts = [draw(min(block_size, n - start), generator(seed, block_stream(stream, b)))
+             for b, start in enumerate(range(0, n, block_size))]
+    return torch.cat(parts)
+
+
+def samples_out_of_range(samples: np.ndarray, reference: np.ndarray) -> int:
+    """How many samples are non-finite or lie beyond ``OUT_OF_RANGE`` times the reference's
+    largest absolute coordinate (plus 1): a finite but exploded model (a loss of 1e29, W2 of
+    1e14) is diverged, not a row to rank."""
+    non_finite, beyond = _bad_rows(samples, _bound(reference))
+    return int(non_finite.sum() + beyond.sum())
+
+
+def _bound(reference: np.ndarray) -> float:
+    return OUT_OF_RANGE * (float(np.abs(reference).max()) + 1.0)
+
+
+def _bad_rows(flat: np.ndarray, bound: float) -> tuple[np.ndarray, np.ndarray]:
+    with np.errstate(invalid="ignore"):
+        non_finite = ~np.isfinite(flat).all(axis=1)
+        beyond = ~non_finite & (np.abs(flat) > bound).any(axis=1)
+    return non_finite, beyond
+
+
+def image_grid(samples: np.ndarray, shape: tuple[int, ...], count: int = GRID_SAMPLES) -> np.ndarray:
+    """The first ``count`` samples (flat, values in [−1, 1]) of (C, H, W) images as one
+    uint8 picture: a square grid with a 1-pixel border, (rows·(H+1)+1, cols·(W+1)+1[, 3])."""
+    c, h, w = shape
+    images = np.clip((samples[:count].reshape(-1, c, h, w) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    grid = np.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        top, left = 1 + (i // cols) * (h + 1), 1 + (i % cols) * (w + 1)
+        grid[:, top:top + h, left:left + w] = image
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def split_images(dataset: Any, split: str) -> torch.Tensor:
+    """The images of a dataset split that a reference is computed on."""
+    if split == "held_out":
+        return dataset.held_out_images
+    if split == "train":
+        return dataset.train_split(None)
+    raise ValueError(f"unknown reference split {split!r}; use held_out or train")
+
+
+def reference_features(request: FeatureRequest, extractor: Any, dataset: Any, dataset_spec: dict,
+                       store: ArtefactStore | None) -> ReferenceFeatures:
+    """The reference statistics of ``request`` on the dataset: from the store when they
+    were computed before (same dataset spec, split, shape, feature space and weights),
+    else computed now and stored."""
+    provenance = extractor.provenance()
+    spec = reference_key(dataset_spec, request, provenance, tuple(dataset.shape))
+
+    def make() -> tuple[Features, dict]:
+        images = split_images(dataset, request.split)
+        acc = Features(extractor.dim, keep=request.keep)
+        with torch.no_grad():
+            for start in range(0, len(images), FEATURE_BATCH):
+                acc.update(extractor(images[start:start + FEATURE_BATCH]))
+        return acc, {"n": acc.n, "split": request.split, "sha256": stats_sha256(acc), "extractor": provenance}
+
+    if store is None:
+        acc, facts = make()
+        return ReferenceFeatures(acc, {**facts, "key": None})
+
+    def save(acc: Features, f: Any) -> None:
+        np.savez(f, **acc.state())
+
+    def load(path: Any) -> Features:
+        with np.load(path, allow_pickle=False) as data:
+            return Features.from_state({k: data[k] for k in data.files})
+
+    acc, card = store.cached("references", spec, "npz", make, save, load)
+    return ReferenceFeatures(acc, {"split": card["split"], "sha256": card["sha256"], "key": card["key"],
+                                   "n": card["n"], "reused": card["reused"]})
+
+
+def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
+             store: ArtefactStore | None = None) -> tuple[str, dict, dict, dict[str, tuple[str, Any]]]:
+    """Sample with one sampler in batches; measure NFE, latency, memory; compute the metrics.
+
+    Also returns the files to keep beside the record, by name: (suffix, write(binary file)).
+    Two-dimensional data: "points", up to SAVED_POINTS source points, the samples generated
+    from them and reference points (float32), for the report's sample plots. Images:
+    "grid", the first GRID_SAMPLES samples as one PNG."""
+    budget = job.budget
+    seed, n, shard_size = job.train.seed, budget.num_samples, budget.shard_size
+    batch_size = min(budget.batch_size or shard_size, shard_size, n)
+    hw = job.train.hardware
+    dataset, space = built.dataset, built.space
+    shape = tuple(dataset.shape)
+    flat_dim = math.prod(shape)
+    solver_cls = reg.SOLVERS.get(job.sampler.solver)
+    solver = solver_cls(solver_cls.Params.model_validate(job.sampler.params))
+    specs = []
+    for spec in job.metrics:
+        metric = reg.METRICS.get(spec.name)
+        specs.append((spec, metric, metric.Params.model_validate(spec.params)))
+    needs = set().union(*(m.needs for _, m, _ in specs)) if specs else set()
+    toy = flat_dim <= TOY_DIM
+    point_names = tuple(name for name, wanted in (("samples", "samples" in needs or toy),
+                                                  ("source", bool({"source", "flow"} & needs) or toy)) if wanted)
+    requests: dict[str, FeatureRequest] = {}
+    for _, metric, params in specs:
+        if metric.features is not None:
+            request = metric.features(params)
+            held = requests.get(request.key)
+            requests[request.key] = replace(request, keep=request.keep or (held is not None and held.keep))
+    extractors = {key: request.make() for key, request in requests.items()}
+
+    reference = None
+    if "reference" in needs or toy:
+        reference = draw_blocks(dataset.sample_target, n, shard_size, seed, "eval-reference")
+    bound_from = reference if reference is not None else dataset.sample_target(min(n, 256), generator(seed, "eval-range"))
+    bound = _bound(bound_from.double().reshape(len(bound_from), -1).numpy())
+
+    def source_block(block: int) -> torch.Tensor:
+        m = min(shard_size, n - block * shard_size)
+        return space.sample_source(m, generator(seed, block_stream("eval-source", block)))
+
+    def sample(fn: Any, x_0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
+        with torch.no_grad(), autocast(hw, built.device):
+            solution = built.method.sample(fn, x_0.to(built.device, built.dtype), solver, gen)
+            x = solution.x if built.decode is None else built.decode(solution.x)
+        return x, solution
+
+    model.eval()
+    # cost: memory and the first call on the first batch, then timed calls on it
+    first = source_block(0)[:batch_size]
+    t0 = time.perf_counter()
+    with PeakMemory(built.device) as memory:
+        sample(model, first, generator(seed, "eval-method", built.device))
+    first_call_s = time.perf_counter() - t0
+    timing = time_calls(lambda: sample(model, first, generator(seed, "eval-method", built.device)), built.device,
+                        budget.warmup, budget.repeats)
+
+    def run_shard(block: int) -> Shard:
+        x_0 = source_block(block)
+        gen = generator(seed, block_stream("eval-method", block), built.device)
+        counter = NFECounter(model)
+        tally, points = Tally(), Points(point_names)
+        features = {key: Features(ex.dim, keep=requests[key].keep) for key, ex in extractors.items()}
+        grid: list[np.ndarray] = []
+        for start in range(0, len(x_0), batch_size):
+            x_b = x_0[start:start + batch_size]
+            synchronize(built.device)
+            t_start = time.perf_counter()
+            x, solution = sample(counter, x_b, gen)
+            synchronize(built.device)
+            tally.batch_s.append(time.perf_counter() - t_start)
+            flat = x.detach().double().cpu().reshape(len(x_b), -1).numpy()
+            non_finite, beyond = _bad_rows(flat, bound)
+            clean = tally.non_finite + tally.out_of_range == 0 and not (non_finite.any() or beyond.any())
+            tally.samples += len(x_b)
+            tally.non_finite += int(non_finite.sum())
+            tally.out_of_range += int(beyond.sum())
+            tally.batches += 1
+            tally.steps += solution.steps
+            tally.rejected_steps += solution.rejected_steps
+            if sum(len(g) for g in grid) < GRID_SAMPLES:
+                grid.append(flat[:GRID_SAMPLES - sum(len(g) for g in grid)])
+            if clean:  # after a bad sample nothing is published: stop accumulating
+                points.update(samples=flat, source=x_b.double().reshape(len(x_b), -1).numpy())
+                images = x.detach().float().cpu().reshape(len(x_b), *shape)
+                for key, extractor in extractors.items():
+                    features[key].update(extractor(images))
+        tally.evaluations, tally.calls = counter.evaluations, counter.calls
+        return Shard(tally, points, features, np.concatenate(grid) if grid else None)
+
+    num_shards = math.ceil(n / shard_size)
+    merged: Shard | None = None
+    resumed = 0
+    for block in range(num_shards):
+        path = store.shard_path(job.key, block) if store is not None and num_shards > 1 else None
+        if path is not None and path.is_file():
+            shard = Shard.load(path, point_names)
+            resumed += 1
+        else:
+            shard = run_shard(block)
+            if path is not None:
+                shard.save(path)
+        merged = shard if merged is None else merged.merge(shard)
+    assert merged is not None
+    tally = merged.tally
+    bad = tally.non_finite + tally.out_of_range
+    finite = bad == 0  # every sample finite and within range: the metrics are published
+
+    samples = merged.points.result("samples")
+    source = merged.points.result("source")
+    reference_np = None if reference is None else reference.double().reshape(n, -1).numpy()
+    flows: dict[int, Trajectory | None] = {}
+
+    def flow(steps: int) -> Trajectory | None:
+        """The method's ODE from the source points on a uniform Euler grid, recorded in
+        batches in a separate pass (so that storing states costs neither memory nor time
+        above); None for a one-step map, which has no flow to measure."""
+        if getattr(built.method, "one_step", False):
+            return None
+        if steps not in flows:
+            euler = reg.SOLVERS.get(FLOW_GRID_SOLVER)
+            times, states = None, []
+            for start in range(0, n, batch_size):
+                x_b = torch.as_tensor(source[start:start + batch_size]).reshape(-1, *space.shape)
+                with torch.no_grad(), autocast(hw, built.device):
+                    recorded = built.method.sample(model, x_b.to(built.device, built.dtype),
+                                                   euler(euler.Params(steps=steps)),
+                                                   generator(seed, "eval-method", built.device), record=True)
+                times = recorded.times
+                states.append([x.detach().double().cpu().reshape(len(x_b), -1).numpy() for x in recorded.trajectory])
+            flows[steps] = Trajectory(times, [np.concatenate(parts) for parts in zip(*states)])
+        return flows[steps]
+
+    reference_2 = None
+    if "reference_2" in needs:
+        reference_2 = draw_blocks(dataset.sample_target, n, shard_size, seed,
+                                  "eval-reference-2").double().reshape(n, -1).numpy()
+    ctx = EvalContext(
+        reference_2=reference_2,
+        samples=samples if finite else None,
+        reference=reference_np,
+        source=source,
+        flow=flow,
+        nfe=tally.evaluations / n,
+        steps=tally.steps / tally.batches,
+        latency_s=timing.median,
+        num_samples=n,
+        batch_size=batch_size,
+        peak_memory_mib=memory.result.get("peak_mib"),
+        memory_added_mib=memory.result.get("peak_above_start_mib"),
+        train=train_stats,
+        num_params=train_stats.get("num_params"),
+        shape=shape,
+    )
+    references: dict[str, ReferenceFeatures] = {}
+    metrics: dict[str, float | None] = {}
+    provenance: dict[str, dict] = {}  # what produced each value, for the metrics that say
+    for spec, metric, params in specs:
+        if ({"samples", "flow"} & metric.needs or metric.features is not None) and not finite:
+            metrics[spec.name] = None
+            continue
+        metric_ctx = ctx
+        if metric.features is not None:
+            key = metric.features(params).key
+            if key not in references:
+                references[key] = reference_features(requests[key], extractors[key], dataset,
+                                                     canonical(job.train.dataset), store)
+            pair = FeaturePair(merged.features[key], references[key], extractors[key].provenance())
+            metric_ctx = replace(ctx, feature=pair)
+            provenance[spec.name] = pair.provenance(params)
+        value = metric.fn(metric_ctx, params)
+        metrics[spec.name] = None if value is None else float(value)
+        if metric.provenance is not None:
+            provenance[spec.name] = metric.provenance(metric_ctx, params)
+    computed = tally.batch_s
+    measurements = {
+        "nfe": ctx.nfe,
+        "network_calls": tally.calls,
+        "steps": ctx.steps,
+        "rejected_steps": tally.rejected_steps,
+        "nfe_convention": getattr(solver, "nfe_convention", None),
+        "num_samples": n,
+        "batch_size": batch_size,
+        "shards": {"count": num_shards, "size": shard_size, "resumed": resumed},
+        "first_call_s": first_call_s,
+        "latency": timing.as_dict(),
+        "batches": {"count": len(computed), "median_s": statistics.median(computed) if computed else None,
+                    "min_s": min(computed, default=None), "max_s": max(computed, default=None)},
+        "memory": memory.result,
+        "samples_finite": tally.non_finite == 0,
+        "samples_non_finite": tally.non_finite,
+        "samples_out_of_range": bad,  # non-finite, or beyond OUT_OF_RANGE x the reference's extent
+        **({"provenance": provenance} if provenance else {}),
+    }
+    if any("flow" in metric.needs for _, metric, _ in specs):  # the grid, whatever the sampler
+        measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)
+                                     else {"solver": FLOW_GRID_SOLVER, "steps": sorted(flows)})
+    files: dict[str, tuple[str, Any]] = {}
+    if len(shape) == 3 and shape[0] in (1, 3) and finite and merged.grid is not None:
+        from PIL import Image
+
+        grid = image_grid(merged.grid, shape)
+        files["grid"] = ("png", lambda f, g=grid: Image.fromarray(g).save(f, format="PNG"))
+    if flat_dim == 2 and finite:
+        # A fixed random subset: a stratified reference (moons on a grid of angles) is
+        # ordered, and its first points would show one moon only.
+        keep = np.sort(np.random.default_rng(0).permutation(n)[:SAVED_POINTS])
+        points = {"source": source[keep], "samples": samples[keep], "reference": reference_np[keep]}
+        points = {k: v.astype(np.float32) for k, v in points.items()}
+        files["points"] = ("npz", lambda f, p=points: np.savez_compressed(f, **p))
+    return ("ok" if finite else "diverged"), metrics, measurements, files

@@ -1,0 +1,184 @@
+"""One training unit: build a training job's objects, train them (or load the trained
+model from the artefact store), evaluate every sampler, and write one record each.
+
+The executors (inline, process) run units; the runner decides which units a plan needs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness import registry as reg
+from harness.artefacts import ArtefactStore
+from harness.building import Built, autocast, build, configure
+from harness.codeversion import record_code
+from harness.environment import environment
+from harness.errors import StorageError
+from harness.evaluation import evaluate
+from harness.measure import NFECounter
+from harness.plan import EvalJob, TrainJob, canonical, spec_hash
+from harness.results import RECORD_SCHEMA, record_path, write_atomic, write_json_atomic
+from harness.seeding import generator, seed_everything
+from harness.training import Pairs, TrainResult, train
+
+
+@dataclass
+class Summary:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, status: str, n: int = 1) -> None:
+        self.counts[status] = self.counts.get(status, 0) + n
+
+    def merge(self, counts: dict[str, int]) -> None:
+        for status, n in counts.items():
+            self.add(status, n)
+
+
+class Unit:
+    """Runs training units into ``results_dir``. ``concurrency`` (how many run at once on
+    this machine) is recorded with every record's environment: it colours the timings."""
+
+    def __init__(self, results_dir: Path, progress: bool = True, concurrency: int = 1):
+        self.results_dir = Path(results_dir)
+        self.store = ArtefactStore(self.results_dir)
+        self.progress = progress
+        self.concurrency = concurrency
+
+    def run(self, job: TrainJob, evals: list[EvalJob], summary: Summary) -> None:
+        """Build, train or load, evaluate every sampler, write one record each."""
+        try:
+            device = configure(job.hardware)
+            seed_everything(job.seed)
+            built = build(job, device)
+            result = self.train_or_load(job, built)
+        except StorageError:
+            raise  # the results folder, not the run: nothing more can be written
+        except Exception as err:  # noqa: BLE001 - a broken run is recorded; the suite goes on
+            for e in evals:
+                self.write(e, "failed", {}, {}, {}, error=_error(err))
+                summary.add("failed")
+            return
+        for e in evals:
+            if result.status != "ok":
+                self.write(e, result.status, {}, {}, result.stats)
+                summary.add(result.status)
+                continue
+            try:
+                status, metrics, measurements, files = evaluate(e, built, result.model, result.stats, self.store)
+            except StorageError:
+                raise
+            except Exception as err:  # noqa: BLE001
+                self.write(e, "failed", {}, {}, result.stats, error=_error(err))
+                summary.add("failed")
+                continue
+            artefacts = {}
+            for name, (suffix, write) in files.items():
+                path = self.results_dir / "samples" / f"{e.key}.{suffix}"
+                write_atomic(path, write)
+                artefacts[name] = str(path.relative_to(self.results_dir))
+            self.write(e, status, metrics, measurements, result.stats, artefacts=artefacts)
+            self.store.drop_shards(e.key)
+            summary.add(status)
+
+    def load_weights(self, job: TrainJob, network: nn.Module, device: torch.device) -> None:
+        path = self.store.model_path(job.key)
+        if not path.is_file():
+            raise RuntimeError(f"run {job.label} ({job.key}) has no trained model at {path}: it diverged or failed")
+        try:
+            network.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        except RuntimeError as err:
+            raise RuntimeError(f"weights of {job.label} do not fit this network: {err}") from None
+
+    def train_or_load(self, job: TrainJob, built: Built) -> TrainResult:
+        path = self.store.model_path(job.key)
+        stats_path = path.with_suffix(".json")
+        if path.is_file() and stats_path.is_file():
+            self.load_weights(job, built.network, built.device)
+            stats = {**json.loads(stats_path.read_text())["train"], "reused": True}
+            model = torch.compile(built.network) if job.hardware.compile else built.network
+            return TrainResult("ok", stats, model)
+        pairs = val_pairs = None
+        if job.teacher is not None:
+            pairs = self.teacher_pairs(job, built.device)
+            if job.budget.early_stopping is not None:
+                val_pairs = self.teacher_pairs(job, built.device, "validation", job.budget.early_stopping.val_size)
+            if job.method.teacher.init == "teacher":
+                self.load_weights(job.teacher, built.network, built.device)
+        result = train(job, built, self.progress, pairs, val_pairs)
+        if result.status == "ok":
+            state = built.network.state_dict()
+            write_atomic(path, lambda f: torch.save(state, f))
+            write_json_atomic(stats_path, {"key": job.key, "spec": job.spec, "train": result.stats})
+        return result
+
+    def teacher_pairs(self, job: TrainJob, device: torch.device, purpose: str = "training",
+                       num_pairs: int | None = None) -> Pairs:
+        """The teacher's (z_0, z_1) pairs: loaded when cached, else generated and cached.
+
+        ``purpose`` "training": the spec's ``num_pairs`` pairs the student trains on;
+        "validation": ``num_pairs`` held-out pairs from source noise of another stream."""
+        spec = job.method.teacher
+        teacher = job.teacher
+        num_pairs = spec.num_pairs if num_pairs is None else num_pairs
+        stream = "teacher-pairs" if purpose == "training" else f"{purpose}-teacher-pairs"
+        parts = {"teacher": teacher.key, "sampler": canonical(spec.sampler), "num_pairs": num_pairs}
+        key = spec_hash(parts if purpose == "training" else {**parts, "purpose": purpose})
+        path = self.store.path("pairs", f"{teacher.key}__{key}.pt")
+        if path.is_file():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            return Pairs(data["z_0"], data["z_1"], {**json.loads(data["stats"]), "reused": True})
+        built = build(teacher, device)
+        self.load_weights(teacher, built.network, device)
+        solver_cls = reg.SOLVERS.get(spec.sampler.solver)
+        solver = solver_cls(solver_cls.Params.model_validate(spec.sampler.params))
+        z_0 = built.dataset.sample_source(num_pairs, generator(job.seed, stream))
+        counter = NFECounter(built.network)
+        built.network.eval()
+        start = time.perf_counter()
+        with torch.no_grad(), autocast(teacher.hardware, device):
+            solution = built.method.sample(counter, z_0.to(device, built.dtype), solver,
+                                           generator(job.seed, f"{stream}-method", device))
+        z_1 = solution.x.detach().to("cpu", torch.float32)
+        if not torch.isfinite(z_1).all():
+            raise RuntimeError(f"teacher {teacher.label} generated non-finite pairs")
+        stats = {"teacher_key": teacher.key, "teacher": teacher.method.name, "sampler": spec.sampler.name,
+                 "num_pairs": num_pairs, "nfe": counter.nfe(num_pairs),
+                 "seconds": time.perf_counter() - start, "reused": False}
+        write_atomic(path, lambda f: torch.save({"z_0": z_0, "z_1": z_1, "stats": json.dumps(stats)}, f))
+        return Pairs(z_0, z_1, stats)
+
+    def write(self, job: EvalJob, status: str, metrics: dict, measurements: dict, train_stats: dict,
+               error: str | None = None, artefacts: dict | None = None) -> None:
+        record = {
+            "schema": RECORD_SCHEMA,
+            "key": job.key,
+            "train_key": job.train.key,
+            "suite": job.suite,
+            "dataset": job.train.dataset.name,
+            "method": job.train.method.name,
+            "sampler": job.sampler.name,
+            "seed": job.train.seed,
+            "status": status,
+            "error": error,
+            "metrics": metrics,
+            "measurements": measurements,
+            "train": train_stats,
+            "spec": job.spec,
+            "code_modules": record_code(job.spec)[1],  # the fingerprints behind spec.code, by module
+            "environment": {**environment(job.train.hardware.device), "concurrent_runs": self.concurrency},
+            "artefacts": artefacts or {},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(record_path(self.results_dir, job.key, job.label), record)
+
+
+def _error(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exception(err)[-6:])
