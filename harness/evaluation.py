@@ -242,6 +242,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
     num_shards = math.ceil(n / shard_size)
     merged: Shard | None = None
     resumed = 0
+    computed: list[float] = []  # seconds of the batches sampled in this process
     for block in range(num_shards):
         path = store.shard_path(job.key, block) if store is not None and num_shards > 1 else None
         if path is not None and path.is_file():
@@ -249,6 +250,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             resumed += 1
         else:
             shard = run_shard(block)
+            computed += shard.tally.batch_s
             if path is not None:
                 shard.save(path)
         merged = shard if merged is None else merged.merge(shard)
@@ -323,7 +325,6 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         metrics[spec.name] = None if value is None else float(value)
         if metric.provenance is not None:
             provenance[spec.name] = metric.provenance(metric_ctx, params)
-    computed = tally.batch_s
     measurements = {
         "nfe": ctx.nfe,
         "network_calls": tally.calls,
@@ -335,7 +336,10 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         "shards": {"count": num_shards, "size": shard_size, "resumed": resumed},
         "first_call_s": first_call_s,
         "latency": timing.as_dict(),
-        "batches": {"count": len(computed), "median_s": statistics.median(computed) if computed else None,
+        # every batch's wall time, of the shards sampled in this process (a resumed shard's
+        # were measured by another)
+        "batches": {"count": tally.batches, "timed": len(computed),
+                    "median_s": statistics.median(computed) if computed else None,
                     "min_s": min(computed, default=None), "max_s": max(computed, default=None)},
         "memory": memory.result,
         "samples_finite": tally.non_finite == 0,
