@@ -177,10 +177,12 @@ def _origin(args: argparse.Namespace) -> dict:
 def _check_resources(suite, ref: str) -> None:
     """A device this machine does not have, or a dataset whose files are not here, is a
     mistake in the command, found before anything runs (not a column of failed records).
-    A dataset implementation may define ``check(params)``, raising FileNotFoundError with
-    a message that names the missing file."""
+    A dataset implementation may define ``check(params)``, and a feature space (a metric's
+    network weights) ``check(options)``, raising FileNotFoundError with a message that
+    names the missing file."""
     from harness import registry as reg
     from harness.errors import SpecError
+    from harness.features import FEATURES
 
     for dataset in suite.datasets:
         entry = reg.DATASETS.get(dataset.implementation)
@@ -190,6 +192,17 @@ def _check_resources(suite, ref: str) -> None:
                 check(entry.Params.model_validate(dataset.params))
             except FileNotFoundError as err:
                 raise SpecError(f"{ref}: {err}") from None
+    for spec in suite.metrics:
+        entry = reg.METRICS.get(spec.name)
+        if entry.features is None:
+            continue
+        request = entry.features(entry.Params.model_validate(spec.params))
+        check = getattr(FEATURES.get(request.space), "check", None)
+        if check is not None:
+            try:
+                check(dict(request.options))
+            except FileNotFoundError as err:
+                raise SpecError(f"{ref}: metric {spec.name}: {err}") from None
     if suite.hardware.device == "cuda":
         import torch
 

@@ -410,3 +410,4 @@ def _kid_digits(ctx: EvalContext, params: KIDParams) -> float:
 
 
 import harness.digits_features  # noqa: E402,F401  registers the "digits" feature space
+import harness.inception  # noqa: E402,F401  registers the Inception feature spaces, fid and kid

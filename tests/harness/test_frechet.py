@@ -64,6 +64,37 @@ def test_equals_clean_fid_and_torchmetrics_given_the_same_statistics():
     assert ours == pytest.approx(float(theirs), rel=1e-8)
 
 
+def test_equals_clean_fid_and_torchmetrics_given_the_same_features():
+    """From feature vectors to the number, as ``fid`` computes it (streamed statistics, the
+    sample-size guard, the cached reference root), against clean-fid's ``fid_from_feats``
+    and torchmetrics' FrechetInceptionDistance fed the same vectors (its feature network
+    replaced by the identity), both libraries' own statistics included."""
+    cleanfid = pytest.importorskip("cleanfid.fid", reason="clean-fid is an optional dependency (fid extra)")
+    tm = pytest.importorskip("torchmetrics.image.fid", reason="torchmetrics is an optional dependency (fid extra)")
+    import torch
+
+    from harness.features import pair_of
+    from harness.metrics import frechet_of
+
+    rng = np.random.default_rng(4)
+    d = 24
+    generated = rng.normal(size=(300, d)) @ rng.normal(size=(d, d)) + 0.5
+    reference = rng.normal(size=(250, d)) @ rng.normal(size=(d, d))
+    ours = frechet_of(pair_of(generated, reference), "fid")
+
+    class Identity(torch.nn.Module):
+        num_features = d
+
+        def forward(self, x):
+            return x
+
+    theirs = tm.FrechetInceptionDistance(feature=Identity())
+    theirs.update(torch.as_tensor(generated), real=False)
+    theirs.update(torch.as_tensor(reference), real=True)
+    assert ours == pytest.approx(float(cleanfid.fid_from_feats(generated, reference)), rel=1e-9)
+    assert ours == pytest.approx(float(theirs.compute()), rel=1e-7)
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(sizes=st.lists(st.integers(0, 40), min_size=1, max_size=6), shift=st.sampled_from([0.0, 1e4]))
 def test_shards_merged_equal_one_pass(sizes, shift):
