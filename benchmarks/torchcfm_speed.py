@@ -142,10 +142,10 @@ def load_protocol(steps: int, threads: int, prefetch_workers: int | None) -> Any
 
 
 def flowgauge_train(suite: Any, method: str, seed: int) -> Trained:
-    from harness.plan import TrainJob
     from harness.building import build, configure
-    from harness.training import train
+    from harness.plan import TrainJob
     from harness.seeding import seed_everything
+    from harness.training import train
 
     spec = next(m for m in suite.methods if m.name == SUITE_METHOD[method])
     job = TrainJob(seed, suite.datasets[0], spec, suite.hardware, suite.budget.train)
@@ -166,6 +166,7 @@ def flowgauge_train(suite: Any, method: str, seed: int) -> Trained:
 
 def flowgauge_sample(model: Any, x0: Any, sampler_spec: Any) -> Any:
     import torch
+
     from harness import registry as reg
     from harness.seeding import generator
 
@@ -196,6 +197,7 @@ def environment_info(threads: int, default_threads: int) -> dict[str, Any]:
     import torch
     import torchcfm
     import torchdiffeq
+
     from harness.environment import environment
 
     env = environment("cpu")
@@ -355,8 +357,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     # steps. flowgauge's steps_per_s leaves out only its first step.
     train_steps = args.warmup + args.steps
     suite = load_protocol(train_steps, threads, args.prefetch_workers)
-    from harness.metrics import wasserstein
     from harness.building import configure
+    from harness.metrics import wasserstein
 
     # Process-wide settings (threads, deterministic algorithms) are applied once, before
     # either library runs, so that both sides run under the same ones.

@@ -33,6 +33,7 @@ class Built:
     # ``decode`` back to data (see harness.latent). None: the data space itself.
     latent: Any = None
     decode: Any = None
+    latent_card: dict | None = None  # the autoencoder's key, reconstruction error and scale
 
     @property
     def space(self) -> Any:
@@ -52,6 +53,9 @@ def configure(hardware: HardwareSpec) -> torch.device:
     torch.use_deterministic_algorithms(hardware.deterministic, warn_only=True)
     torch.backends.cudnn.deterministic = hardware.deterministic
     torch.backends.cudnn.benchmark = not hardware.deterministic
+    if hardware.tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = hardware.tf32
+        torch.backends.cudnn.allow_tf32 = hardware.tf32
     return torch.device(hardware.device)
 
 
@@ -61,17 +65,28 @@ def autocast(hardware: HardwareSpec, device: torch.device) -> contextlib.Abstrac
     return torch.autocast(device.type, dtype=getattr(torch, hardware.autocast))
 
 
-def build(job: TrainJob, device: torch.device) -> Built:
+def build(job: TrainJob, device: torch.device, store: Any = None, progress: bool = False) -> Built:
+    """The dataset, method and initialised network of ``job`` on ``device``. With a
+    ``latent:`` block, the autoencoder comes first (from the artefact ``store``, trained
+    when missing) and the network is built for the latent shape."""
     dtype = getattr(torch, job.hardware.dtype)
     dataset_cls = reg.DATASETS.get(job.dataset.implementation)
     dataset = dataset_cls(dataset_cls.Params.model_validate(job.dataset.params))
     method_cls = reg.METHODS.get(job.method.implementation)
     method = method_cls(method_cls.Params.model_validate(job.method.params))
+    latent = card = None
+    if job.method.latent is not None:
+        from harness.latent import latent_space
+
+        latent, card = latent_space(job, dataset, device, store, progress)
+    shape = dataset.shape if latent is None else latent.shape
     net_spec = dict(job.method.network)
     net_cls = reg.NETWORKS.get(net_spec.pop("name"))
     torch.manual_seed(stream_seed(job.seed, "init"))
-    network = net_cls(net_cls.Params.model_validate(net_spec), dataset.shape).to(device=device, dtype=dtype)
-    return Built(dataset, method, network, device, dtype)
+    network = net_cls(net_cls.Params.model_validate(net_spec), shape).to(device=device, dtype=dtype)
+    if job.hardware.channels_last and len(shape) == 3:
+        network = network.to(memory_format=torch.channels_last)
+    return Built(dataset, method, network, device, dtype, latent, None if latent is None else latent.decode, card)
 
 
 def build_optimizer(job: TrainJob, network: nn.Module) -> torch.optim.Optimizer:
@@ -85,5 +100,6 @@ def to_device(batch: Batch, built: Built) -> Batch:
     def move(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.to(built.device, built.dtype, non_blocking=True)
 
-    return Batch(x_0=move(batch.x_0), x_1=move(batch.x_1), weights=move(batch.weights))
+    labels = None if batch.labels is None else batch.labels.to(built.device, non_blocking=True)
+    return Batch(x_0=move(batch.x_0), x_1=move(batch.x_1), weights=move(batch.weights), labels=labels)
 

@@ -90,6 +90,9 @@ def _training_entries(dataset: dict, method: dict) -> tuple[tuple[str, str], ...
     while current is not None:
         entries += [("method", current["implementation"]), ("network", current["network"]["name"]),
                     ("optimizer", current["optimizer"]["name"])]
+        latent = current.get("latent")
+        if latent is not None:  # the autoencoder is trained first: its code shapes the latents
+            entries += [("autoencoder", latent["autoencoder"]["name"]), ("optimizer", latent["optimizer"]["name"])]
         teacher = current.get("teacher")
         if teacher is None:
             break
@@ -99,7 +102,7 @@ def _training_entries(dataset: dict, method: dict) -> tuple[tuple[str, str], ...
 
 
 REGISTRIES = {"dataset": reg.DATASETS, "method": reg.METHODS, "network": reg.NETWORKS,
-              "optimizer": reg.OPTIMIZERS, "solver": reg.SOLVERS}
+              "optimizer": reg.OPTIMIZERS, "solver": reg.SOLVERS, "autoencoder": reg.AUTOENCODERS}
 
 
 @cache

@@ -147,6 +147,54 @@ def reference_features(request: FeatureRequest, extractor: Any, dataset: Any, da
                                    "n": card["n"], "reused": card["reused"]})
 
 
+def _num_classes(space: Any) -> int:
+    labels = getattr(space, "labels", None)
+    if labels is None or len(labels) == 0:
+        raise ValueError("a conditional method needs a dataset with class labels")
+    return int(labels.max()) + 1
+
+
+def _floors(job: EvalJob, built: Built, specs: list, requests: dict[str, FeatureRequest], extractors: dict,
+            references: dict[str, ReferenceFeatures], ctx: EvalContext) -> dict[str, dict[str, float]]:
+    """What a perfect model scores on each feature metric, at the evaluation's sample
+    count: ``train_images``, that many training images (a perfect model of the data), and,
+    for a latent flow, ``reconstructions``, the same images through the autoencoder (a
+    perfect model of the latents: no latent flow can do better). Computed once per trained
+    model and kept on ``built``."""
+    cache = built.__dict__.setdefault("_floors", {})
+    key = (job.budget.num_samples, tuple((s.name, canonical(s.params).__repr__()) for s, _, _ in specs))
+    if key in cache:
+        return cache[key]
+    train = built.dataset.train_split(None)
+    n = min(job.budget.num_samples, len(train))
+    images = {"train_images": train[torch.randperm(len(train), generator=generator(job.train.seed, "eval-floor"))[:n]]}
+    if built.latent is not None and hasattr(built.latent, "reconstruct"):
+        images["reconstructions"] = built.latent.reconstruct(images["train_images"])
+    out: dict[str, dict[str, float]] = {}
+    for name, x in images.items():
+        feats = {}
+        for key_, extractor in extractors.items():
+            acc = Features(extractor.dim, keep=requests[key_].keep)
+            with torch.no_grad():
+                for start in range(0, len(x), FEATURE_BATCH):
+                    acc.update(extractor(x[start:start + FEATURE_BATCH]))
+            feats[key_] = acc
+        for spec, metric, params in specs:
+            if metric.features is None:
+                continue
+            key_ = metric.features(params).key
+            pair = FeaturePair(feats[key_], references[key_], {})
+            try:
+                value = metric.fn(replace(ctx, feature=pair, num_samples=n), params)
+            except ValueError:  # too few training images for the metric (a Fréchet distance's N > d)
+                value = None
+            out.setdefault(spec.name, {})[name] = None if value is None else float(value)
+    for values in out.values():
+        values["num_samples"] = n
+    cache[key] = out
+    return out
+
+
 def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
              store: ArtefactStore | None = None) -> tuple[str, dict, dict, dict[str, tuple[str, Any]]]:
     """Sample with one sampler in batches; measure NFE, latency, memory; compute the metrics.
@@ -190,24 +238,38 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         m = min(shard_size, n - block * shard_size)
         return space.sample_source(m, generator(seed, block_stream("eval-source", block)))
 
-    def sample(fn: Any, x_0: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, Any]:
+    conditional = getattr(built.method, "conditional", False)
+    num_classes = _num_classes(space) if conditional else 0
+
+    def label_block(block: int) -> torch.Tensor | None:
+        """One class per source point of block ``block``, uniform, from its own stream."""
+        if not conditional:
+            return None
+        m = min(shard_size, n - block * shard_size)
+        return torch.randint(num_classes, (m,), generator=generator(seed, block_stream("eval-labels", block)))
+
+    def sample(fn: Any, x_0: torch.Tensor, gen: torch.Generator, labels: torch.Tensor | None = None,
+               record: bool = False, sampler: Any = solver) -> tuple[torch.Tensor, Any]:
+        extra = {} if labels is None else {"labels": labels.to(built.device)}
         with torch.no_grad(), autocast(hw, built.device):
-            solution = built.method.sample(fn, x_0.to(built.device, built.dtype), solver, gen)
+            solution = built.method.sample(fn, x_0.to(built.device, built.dtype), sampler, gen, record=record,
+                                           **extra)
             x = solution.x if built.decode is None else built.decode(solution.x)
         return x, solution
 
     model.eval()
     # cost: memory and the first call on the first batch, then timed calls on it
     first = source_block(0)[:batch_size]
+    first_labels = None if not conditional else label_block(0)[:batch_size]
     t0 = time.perf_counter()
     with PeakMemory(built.device) as memory:
-        sample(model, first, generator(seed, "eval-method", built.device))
+        sample(model, first, generator(seed, "eval-method", built.device), first_labels)
     first_call_s = time.perf_counter() - t0
-    timing = time_calls(lambda: sample(model, first, generator(seed, "eval-method", built.device)), built.device,
-                        budget.warmup, budget.repeats)
+    timing = time_calls(lambda: sample(model, first, generator(seed, "eval-method", built.device), first_labels),
+                        built.device, budget.warmup, budget.repeats)
 
     def run_shard(block: int) -> Shard:
-        x_0 = source_block(block)
+        x_0, labels = source_block(block), label_block(block)
         gen = generator(seed, block_stream("eval-method", block), built.device)
         counter = NFECounter(model)
         tally, points = Tally(), Points(point_names)
@@ -217,7 +279,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             x_b = x_0[start:start + batch_size]
             synchronize(built.device)
             t_start = time.perf_counter()
-            x, solution = sample(counter, x_b, gen)
+            x, solution = sample(counter, x_b, gen, None if labels is None else labels[start:start + batch_size])
             synchronize(built.device)
             tally.batch_s.append(time.perf_counter() - t_start)
             flat = x.detach().double().cpu().reshape(len(x_b), -1).numpy()
@@ -272,13 +334,15 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             return None
         if steps not in flows:
             euler = reg.SOLVERS.get(FLOW_GRID_SOLVER)
+            grid = euler(euler.Params(steps=steps))
+            all_labels = (torch.cat([label_block(b) for b in range(math.ceil(n / shard_size))]) if conditional
+                          else None)
             times, states = None, []
             for start in range(0, n, batch_size):
                 x_b = torch.as_tensor(source[start:start + batch_size]).reshape(-1, *space.shape)
-                with torch.no_grad(), autocast(hw, built.device):
-                    recorded = built.method.sample(model, x_b.to(built.device, built.dtype),
-                                                   euler(euler.Params(steps=steps)),
-                                                   generator(seed, "eval-method", built.device), record=True)
+                _, recorded = sample(model, x_b, generator(seed, "eval-method", built.device),
+                                     None if all_labels is None else all_labels[start:start + batch_size],
+                                     record=True, sampler=grid)
                 times = recorded.times
                 states.append([x.detach().double().cpu().reshape(len(x_b), -1).numpy() for x in recorded.trajectory])
             flows[steps] = Trajectory(times, [np.concatenate(parts) for parts in zip(*states)])
@@ -325,6 +389,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         metrics[spec.name] = None if value is None else float(value)
         if metric.provenance is not None:
             provenance[spec.name] = metric.provenance(metric_ctx, params)
+    floors = _floors(job, built, specs, requests, extractors, references, ctx) if finite and references else {}
     measurements = {
         "nfe": ctx.nfe,
         "network_calls": tally.calls,
@@ -346,6 +411,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         "samples_non_finite": tally.non_finite,
         "samples_out_of_range": bad,  # non-finite, or beyond OUT_OF_RANGE x the reference's extent
         **({"provenance": provenance} if provenance else {}),
+        **({"floors": floors} if floors else {}),
     }
     if any("flow" in metric.needs for _, metric, _ in specs):  # the grid, whatever the sampler
         measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)

@@ -70,6 +70,11 @@ class Batch:
     x_0: Tensor
     x_1: Tensor
     weights: Tensor | None = None
+    # The class of each x_1, shape (batch,), int64, when the dataset has labels and the
+    # batch comes from its training split; None otherwise. A ``prepare`` that re-pairs or
+    # re-orders x_1 must carry the labels with it (today's couplings build new batches
+    # without them, so a conditional method sees None after them).
+    labels: Tensor | None = None
 
 
 @dataclass
@@ -102,7 +107,10 @@ class Solver(Protocol):
 
 @runtime_checkable
 class Method(Protocol):
-    """Optional members: ``prepare(batch, generator) -> Batch``, which the harness calls on
+    """Optional members: ``conditional = True``, for a method that uses class labels: its
+    training batches carry ``labels`` and the harness calls ``sample(..., labels=y)`` with
+    one class per source point (uniform over the dataset's classes, from the evaluation's
+    own stream); ``prepare(batch, generator) -> Batch``, which the harness calls on
     every training batch before ``loss`` (ahead of time, in a worker thread, when the
     method sets ``prefetch = True``; each batch gets a generator of its own, so the result
     does not depend on scheduling), and ``log_likelihood(model, x) -> Tensor``."""

@@ -182,11 +182,34 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[st
                  "older records (run --rerun) to measure them alike."
                  for m, differing in mixed.items()]
         for m in metrics:
+            if note := floor_note(by_dataset[by_dataset["status"] == "ok"], m):
+                notes.append(note)
             floor = METRICS.get(m).noise_floor if m in METRICS else None
             if floor is not None and (note := floor(by_dataset[by_dataset["status"] == "ok"])):
                 notes.append(note)
         tables.append(Table(str(dataset), metrics, rank_by, rows, notes))
     return tables
+
+
+def floor_note(rows: Any, metric: str) -> str | None:
+    """What a perfect model scores on ``metric`` in these records (``measurements.floors``):
+    real training images at the evaluation's sample count (mean ± std over seeds), and for a
+    latent flow, those images through its autoencoder, by method."""
+    from harness.results import FLOOR
+
+    column = f"{metric}{FLOOR}train_images"
+    if column not in rows or rows[column].dropna().empty:
+        return None
+    per_seed = rows.dropna(subset=[column]).groupby("seed")[column].first().astype(float).tolist()
+    n = rows[f"{metric}{FLOOR}num_samples"].dropna()
+    text = (f"{metric} floor, what a perfect model scores: {format_mean_std((summary := summarize(per_seed)).mean, summary.std)} for "
+            f"{int(n.iloc[0]) if len(n) else '?'} real training images")
+    recon = f"{metric}{FLOOR}reconstructions"
+    if recon in rows and not rows[recon].dropna().empty:
+        by_method = rows.dropna(subset=[recon]).groupby("method")[recon].mean()
+        text += "; the same images through the autoencoder of " + ", ".join(
+            f"{method}: {format_number(float(v))}" for method, v in by_method.items()) + " (no latent flow can do better)"
+    return text + "."
 
 
 def format_number(v: float | None, precision: int = 4) -> str:

@@ -35,6 +35,7 @@ MIN_TOLERANCE = 1e-12  # adaptive solver tolerances: below this float64 cannot f
 Points = Annotated[int, Field(strict=True, ge=1, le=MAX_POINTS)]
 BatchSize = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH)]
 Steps = Annotated[int, Field(strict=True, ge=1, le=MAX_STEPS)]
+StepsOrZero = Annotated[int, Field(strict=True, ge=0, le=MAX_STEPS)]
 Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 Epochs = Annotated[float, Field(gt=0, le=MAX_EPOCHS)]
 SolverSteps = Annotated[int, Field(strict=True, ge=1, le=MAX_SOLVER_STEPS)]

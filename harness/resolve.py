@@ -224,6 +224,11 @@ class Resolver:
         update = {"params": params, "network": network, "optimizer": optimizer,
                   "claims": self._claims(spec.claims, source, default_method=spec.name)}
         needs_teacher = getattr(reg.METHODS.get(spec.implementation), "requires_teacher", False)
+        if spec.latent is not None:
+            latent = source.sub(("latent",))
+            update["latent"] = spec.latent.model_copy(update={
+                "autoencoder": self._component(reg.AUTOENCODERS, latent, "autoencoder", spec.latent.autoencoder),
+                "optimizer": self._component(reg.OPTIMIZERS, latent, "optimizer", spec.latent.optimizer)})
         if spec.teacher is not None:
             update["teacher"] = self._teacher(spec, source)
         elif needs_teacher:

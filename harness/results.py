@@ -288,6 +288,7 @@ def final_keys(results_dir: Path) -> set[str]:
     return {r["key"] for r in read_records(results_dir) if r.get("status") in ("ok", "diverged")}
 
 
+FLOOR = "@floor:"  # records_frame columns <metric>@floor:<kind>: what a perfect model scores
 PROVENANCE = "@provenance"  # suffix of a frame column holding a metric's provenance (JSON text)
 
 
@@ -320,5 +321,11 @@ def records_frame(records: list[dict]):
         provenance = ((r.get("measurements") or {}).get("provenance") or {})
         for name, what in provenance.items():  # what produced the value, for comparing columns
             row[name + PROVENANCE] = json.dumps(what, sort_keys=True)
+        floors = ((r.get("measurements") or {}).get("floors") or {})
+        for name, values in floors.items():  # what a perfect model scores (harness.evaluation)
+            for kind, value in values.items():
+                if kind != "num_samples":
+                    row[f"{name}{FLOOR}{kind}"] = value
+            row[f"{name}{FLOOR}num_samples"] = values.get("num_samples")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     Field,
     ValidationError,
     model_validator,
@@ -33,6 +34,7 @@ from harness.limits import (
     Seconds,
     Seed,
     Steps,
+    StepsOrZero,
     Threads,
     Warmup,
 )
@@ -80,8 +82,48 @@ class TeacherSpec(StrictModel):
     init: Literal["scratch", "teacher"] = Field("scratch", description="initialise from the teacher's weights")
 
 
+class LatentSpec(StrictModel):
+    """Train and sample the flow in an autoencoder's latent space (Latent Flow Matching,
+    Dao et al. 2023). The autoencoder is trained first on the dataset's training split, as
+    an artefact keyed by this block, the dataset and the seed (or loaded from ``weights``),
+    then frozen; samples are decoded before any metric sees them."""
+
+    autoencoder: dict[str, Any] = Field(default_factory=lambda: {"name": "conv"},
+                                        description="autoencoder registry name and its parameters")
+    weights: str | None = Field(None, description="a state-dict file of that autoencoder to load instead of "
+                                                  "training one")
+    steps: Steps = Field(2000, description="optimiser steps of the autoencoder's training")
+    batch_size: BatchSize = 128
+    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+    scale: Literal["std"] | Annotated[float, Field(gt=0, le=1e6)] = Field(
+        "std", description="latents are multiplied by it: 'std' is 1 / (the training latents' standard "
+                           "deviation), the role of Stable Diffusion's 0.18215 in the paper")
+
+
+def _number(value: Any) -> Any:
+    """YAML's ``true`` is not a number (pydantic would read it as 1.0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+Decay = Annotated[float, BeforeValidator(_number), Field(ge=0, lt=1)]
+GradNorm = Annotated[float, BeforeValidator(_number), Field(gt=0)]
+
+
 class MethodSpec(StrictModel):
-    """A method variant: implementation, its hyperparameters, network and optimiser."""
+    """A method variant: implementation, its hyperparameters, network and optimiser.
+
+    ``ema``, ``grad_clip`` and ``warmup_steps`` (TorchCFM's CIFAR-10 recipe: 0.9999, 1.0,
+    5000) sit here, beside ``optimizer`` and ``batch_size``, because they are how this
+    method is optimised: methods of one suite may differ in them, as they differ in
+    learning rate, and a method spec that reproduces a paper carries its whole recipe. They
+    are not in ``optimizer:``, which is the named optimiser's own parameter model (every
+    optimiser would have to repeat them, and its module's code fingerprint, which committed
+    keys include, would change); nor in the suite's ``budget``, which says when training
+    stops, not how it steps. Their defaults switch them off and are left out of dumps, so
+    no earlier key changes.
+    """
 
     name: Name
     implementation: str = Field(description="key in the method registry")
@@ -91,7 +133,19 @@ class MethodSpec(StrictModel):
     network: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
     optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam"})
     batch_size: BatchSize = 256
+    ema: Decay | None = added(
+        None, added_in="issue 12", description="decay of an exponential moving average of the weights, updated "
+        "after every optimiser step from the initial weights; validation, evaluation and the saved model use the "
+        "average (null: off)")
+    grad_clip: GradNorm | None = added(
+        None, added_in="issue 12", description="clip the global gradient norm to this before every optimiser step "
+        "(torch.nn.utils.clip_grad_norm_; null: off)")
+    warmup_steps: StepsOrZero = added(
+        0, added_in="issue 12", description="raise the learning rate linearly from 0 to the optimiser's lr over "
+        "this many steps: step k runs at lr * min(k, warmup_steps) / warmup_steps (0: off)")
     teacher: TeacherSpec | None = None
+    latent: LatentSpec | None = added(None, added_in="issue 12",
+                                      description="train the flow in an autoencoder's latent space")
     claims: list[Claim] = Field(default_factory=list, description="published results of this method")
 
 
@@ -126,6 +180,10 @@ class HardwareSpec(StrictModel):
     prefetch_workers: int = Field(
         2, strict=True, ge=0, le=64, description="threads preparing costly batch pairings (e.g. exact OT) while the model steps; 0: inline"
     )
+    tf32: bool | None = added(None, added_in="issue 12", description="TensorFloat-32 for float32 matmuls and "
+                              "convolutions on CUDA (both); null keeps torch's defaults (matmul off, cuDNN on)")
+    channels_last: bool = added(False, added_in="issue 12", description="keep image networks' weights in "
+                                "channels-last memory format (faster convolutions on tensor cores)")
 
 
 # --- parts of a suite -----------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Training under a fixed budget: the batch stream, methods' batch preparation ahead of
-time, early stopping on a fixed validation set, and the loop itself."""
+time, early stopping on a fixed validation set, the optimisation extras a method spec may
+ask for (a moving average of the weights, gradient-norm clipping, a learning-rate warmup),
+and the loop itself."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -24,11 +27,108 @@ from harness.seeding import generator
 LOSS_CURVE_POINTS = 200
 
 
+GRAD_NORM_FLUSH = 256  # gradient norms gathered on the device, copied to the CPU this many at a time
+
+
 @dataclass
 class TrainResult:
     status: str  # "ok" | "diverged"
     stats: dict[str, Any]
     model: nn.Module | None = None
+    # With ``ema`` on, the model holds the moving average; these are the last raw weights
+    # (a CPU copy, not saved to the artefact store).
+    raw_state: dict[str, torch.Tensor] | None = None
+
+
+class WeightAverage:
+    """An exponential moving average of a network's trainable parameters (the "EMA model"
+    of TorchCFM's CIFAR-10 protocol, ``utils_cifar.ema``): starting from the initial weights,
+    after every optimiser step
+
+        θ̄_k = decay · θ̄_(k−1) + (1 − decay) · θ_k,
+
+    with no bias correction and no warm-up of the decay, so θ̄_n = decay^n · θ_0 +
+    (1 − decay) · Σ_k decay^(n−k) · θ_k. Buffers (none in this project's networks hold
+    state) are not averaged: the network's own are used with the average."""
+
+    def __init__(self, network: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in network.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.params]
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_mul_(self.average, self.decay)
+        torch._foreach_add_(self.average, [p.detach() for p in self.params], alpha=1.0 - self.decay)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to_network(self) -> None:
+        """Put the average in the network's parameters (in place: a compiled model sees it)."""
+        for p, a in zip(self.params, self.average):
+            p.copy_(a)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The average in the network's parameters meanwhile; the raw weights after."""
+        with torch.no_grad():
+            raw = [p.detach().clone() for p in self.params]
+        self.copy_to_network()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, r in zip(self.params, raw):
+                    p.copy_(r)
+
+
+class GradientClipping:
+    """Scale the gradients so that their global 2-norm is at most ``max_norm``
+    (``torch.nn.utils.clip_grad_norm_``), and keep every step's norm before clipping, on the
+    device until ``GRAD_NORM_FLUSH`` have gathered (no synchronisation per step)."""
+
+    def __init__(self, network: nn.Module, max_norm: float):
+        self.params = [p for p in network.parameters() if p.requires_grad]
+        self.max_norm = max_norm
+        self._pending: list[torch.Tensor] = []
+        self._norms: list[np.ndarray] = []
+
+    def __call__(self) -> None:
+        self._pending.append(torch.nn.utils.clip_grad_norm_(self.params, self.max_norm).detach())
+        if len(self._pending) >= GRAD_NORM_FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._norms.append(torch.stack(self._pending).double().cpu().numpy())
+            self._pending = []
+
+    def norms(self) -> np.ndarray:
+        """Every step's global gradient norm before clipping, in order."""
+        self._flush()
+        return np.concatenate(self._norms) if self._norms else np.empty(0)
+
+    def stats(self) -> dict[str, Any]:
+        norms = self.norms()
+        finite = norms[np.isfinite(norms)]
+        clipped = int((norms > self.max_norm).sum())
+        return {"max_norm": self.max_norm, "clipped_steps": clipped,
+                "clipped_fraction": clipped / len(norms) if len(norms) else None,
+                "median_norm": float(np.median(finite)) if len(finite) else None,
+                "p90_norm": float(np.quantile(finite, 0.9)) if len(finite) else None,
+                "max_seen_norm": float(finite.max()) if len(finite) else None,
+                "non_finite_norms": int(len(norms) - len(finite))}
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """TorchCFM's linear warmup (``warmup_lr`` in its ``train_cifar10.py``): optimiser step
+    k = 0, 1, 2, ... runs at lr · min(k, steps) / steps, so the first step at 0 (Adam's
+    moments still take its gradient in) and step ``steps`` onwards at the full lr. Call
+    ``step()`` after every optimiser step. None when ``steps`` is 0 (no warmup)."""
+    if steps == 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(k, steps) / steps)
 
 
 
@@ -45,6 +145,8 @@ class BatchStream:
         self.gen = gen
         self.pairs = pairs
         self.split = None if pairs is not None else dataset.train_split(gen)
+        labels = getattr(dataset, "labels", None) if self.split is not None else None
+        self.labels = labels if labels is not None and len(labels) == len(self.split) else None
         self._order = torch.empty(0, dtype=torch.long)
 
     @property
@@ -63,11 +165,14 @@ class BatchStream:
         if self.pairs is not None:
             idx = self._indices(len(self.pairs.z_0))
             return Batch(x_0=self.pairs.z_0[idx], x_1=self.pairs.z_1[idx])
+        labels = None
         if self.split is None:
             x_1 = self.dataset.sample_target(self.batch_size, self.gen)
         else:
-            x_1 = self.split[self._indices(len(self.split))]
-        return Batch(x_0=self.dataset.sample_source(self.batch_size, self.gen), x_1=x_1)
+            idx = self._indices(len(self.split))
+            x_1 = self.split[idx]
+            labels = None if self.labels is None else self.labels[idx]
+        return Batch(x_0=self.dataset.sample_source(self.batch_size, self.gen), x_1=x_1, labels=labels)
 
 
 class PreparedBatches:
@@ -194,11 +299,19 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     far), so training wall time stays within it; the first step always runs.
 
     ``pairs``: a teacher's training pairs; ``val_pairs``: its held-out pairs, which early
-    stopping then scores on (required when a run with a teacher stops early)."""
+    stopping then scores on (required when a run with a teacher stops early).
+
+    The method spec's ``grad_clip`` clips before, its ``warmup_steps`` schedule and ``ema``
+    average update after, every optimiser step. With ``ema``, validation scores the average
+    and the network ends holding it (the best check's average under ``restore_best``), so
+    evaluation and the saved model use it; the raw weights are returned in ``raw_state``."""
     budget, hw = job.budget, job.hardware
     network = built.network
     model = torch.compile(network) if hw.compile else network
     optimizer = build_optimizer(job, network)
+    clip = GradientClipping(network, job.method.grad_clip) if job.method.grad_clip is not None else None
+    scheduler = warmup_schedule(optimizer, job.method.warmup_steps)
+    ema = WeightAverage(network, job.method.ema) if job.method.ema is not None else None
     data_gen = generator(job.seed, "data")
     method_gen = generator(job.seed, "method", built.device)
     stream = BatchStream(built.space, job.method.batch_size, data_gen, pairs)
@@ -241,7 +354,13 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
             loss = built.method.loss(model, batch, method_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip is not None:
+            clip()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update()
         step += 1
         window += loss.detach().double()
         window_n += 1
@@ -257,9 +376,12 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
             if not math.isfinite(mean):
                 status, stopped_by = "diverged", "non-finite loss"
                 break
-        if validation is not None and validation.due(step, split_size) and validation.check(model, step):
-            stopped_by = "early stopping"
-            break
+        if validation is not None and validation.due(step, split_size):
+            with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+                patience_out = validation.check(model, step)
+            if patience_out:
+                stopped_by = "early stopping"
+                break
     if built.device.type == "cuda":
         torch.cuda.synchronize(built.device)
     wall = time.perf_counter() - start
@@ -286,9 +408,21 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
         stats["teacher_pairs"] = pairs.stats
     if val_pairs is not None:
         stats["validation_pairs"] = val_pairs.stats
+    if clip is not None:
+        stats["grad_clip"] = clip.stats()
+    if scheduler is not None:
+        # lr_reached: the rate the schedule has reached, the one a further step would take
+        stats["warmup"] = {"steps": job.method.warmup_steps, "lr_reached": optimizer.param_groups[0]["lr"],
+                           "completed": step >= job.method.warmup_steps}
+    raw_state = None
+    if ema is not None and status == "ok":
+        raw_state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+        ema.copy_to_network()
+        stats["ema"] = {"decay": ema.decay, "updates": ema.updates,
+                        "weights": "the moving average: validated, evaluated and saved (the raw weights are not saved)"}
     if validation is not None and status == "ok":
         stats["early_stopping"] = validation.finish()
-    return TrainResult(status, stats, model if status == "ok" else None)
+    return TrainResult(status, stats, model if status == "ok" else None, raw_state)
 
 
 

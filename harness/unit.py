@@ -57,7 +57,7 @@ class Unit:
         try:
             device = configure(job.hardware)
             seed_everything(job.seed)
-            built = build(job, device)
+            built = build(job, device, self.store, self.progress)
             result = self.train_or_load(job, built)
         except StorageError:
             raise  # the results folder, not the run: nothing more can be written
@@ -113,6 +113,8 @@ class Unit:
             if job.method.teacher.init == "teacher":
                 self.load_weights(job.teacher, built.network, built.device)
         result = train(job, built, self.progress, pairs, val_pairs)
+        if built.latent_card is not None:
+            result.stats["autoencoder"] = built.latent_card
         if result.status == "ok":
             state = built.network.state_dict()
             write_atomic(path, lambda f: torch.save(state, f))
@@ -135,7 +137,7 @@ class Unit:
         if path.is_file():
             data = torch.load(path, map_location="cpu", weights_only=True)
             return Pairs(data["z_0"], data["z_1"], {**json.loads(data["stats"]), "reused": True})
-        built = build(teacher, device)
+        built = build(teacher, device, self.store)
         self.load_weights(teacher, built.network, device)
         solver_cls = reg.SOLVERS.get(spec.sampler.solver)
         solver = solver_cls(solver_cls.Params.model_validate(spec.sampler.params))

@@ -44,6 +44,7 @@ T_EXEC = ("tests/harness/test_executors.py",)
 T_DATA = ("tests/implementations/test_toy2d.py",)
 T_SEED = ("tests/harness/test_runner.py", "tests/harness/test_resolve.py")
 T_BOARD = ("tests/harness/test_leaderboard.py",)
+T_EVAL = ("tests/harness/test_evaluation.py", "tests/harness/test_latent.py", "tests/harness/test_frechet.py")
 T_METHODS = ("tests/implementations/test_paths_and_methods.py", "tests/implementations/test_distillation.py")
 
 MUTATIONS = [
@@ -153,6 +154,19 @@ MUTATIONS = [
     Mutation("prepared batches: randomness depends on the thread", "harness/training.py",
              'gen = generator(self.seed, f"prepare/{self.index}")',
              'gen = generator(self.seed, f"prepare/{self.index if self.pool is None else -1}")', T_RUNNER),
+    # streaming evaluation, feature statistics, latent flows
+    Mutation("evaluation: every noise block from the first block's stream", "harness/evaluation.py",
+             'return stream if block == 0 else f"{stream}/{block}"', "return stream", T_EVAL),
+    Mutation("feature statistics: merge drops the between-shard scatter", "harness/frechet.py",
+             "self.scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.n * other.n / n)",
+             "self.scatter = self.scatter + other.scatter", T_EVAL),
+    Mutation("evaluation: a saved shard is never resumed", "harness/evaluation.py",
+             "if path is not None and path.is_file():", "if False:", T_EVAL),
+    Mutation("evaluation: a bad sample's batch still accumulates", "harness/evaluation.py",
+             "clean = tally.non_finite + tally.out_of_range == 0 and not (non_finite.any() or beyond.any())",
+             "clean = True", T_EVAL),
+    Mutation("latent: samples are not decoded", "harness/building.py",
+             "None if latent is None else latent.decode, card)", "None, card)", T_EVAL),
     # executors
     Mutation("executor: a student may start before its teacher", "harness/executors.py",
              "return teacher is None or teacher.key not in keys or teacher.key in finished", "return True", T_EXEC),

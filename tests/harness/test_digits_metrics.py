@@ -109,8 +109,8 @@ def test_a_digits_run_records_each_values_provenance(tmp_path):
 def test_image_records_keep_a_png_grid_and_the_report_shows_it(tmp_path):
     from PIL import Image
 
-    from harness.results import read_records
     from harness.evaluation import image_grid
+    from harness.results import read_records
     from tests.conftest import run_cli
 
     grid = image_grid(np.linspace(-1, 1, 5 * 64).reshape(5, 64), (1, 8, 8))

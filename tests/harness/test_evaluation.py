@@ -174,3 +174,89 @@ def test_non_finite_and_out_of_range_samples_are_counted_apart():
     assert status == "diverged" and metrics["w2"] is None
     assert measurements["samples_non_finite"] == 9 and measurements["samples_out_of_range"] == 15
     assert measurements["samples_finite"] is False
+
+
+def test_channels_last_changes_the_layout_not_the_numbers():
+    job, built = _digits("methods=[{extends: icfm, name: icfm-digits, network: {name: unet, channels: 8}}]",
+                         "budget.eval.shard_size=10000")
+    _, plain, _, _ = evaluate(job, built, built.network, {})
+    job_cl, built_cl = _digits("methods=[{extends: icfm, name: icfm-digits, network: {name: unet, channels: 8}}]",
+                               "budget.eval.shard_size=10000", "hardware={extends: cpu, name: cpu-cl, "
+                               "channels_last: true}")
+    conv = next(m for m in built_cl.network.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    _, channels_last, _, _ = evaluate(job_cl, built_cl, built_cl.network, {})
+    assert channels_last["fd_digits"] == pytest.approx(plain["fd_digits"], rel=1e-4)
+
+
+def test_records_carry_the_precision_and_determinism_flags():
+    from harness.environment import environment
+
+    env = environment("cpu")
+    assert {"tf32_matmul", "tf32_cudnn", "cudnn_benchmark", "cudnn_deterministic", "float32_matmul_precision",
+            "deterministic_algorithms"} <= set(env)
+
+
+def test_a_bad_image_batch_publishes_no_feature_metric():
+    job, built = _digits("budget.eval.shard_size=10000", "budget.eval.batch_size=100")
+
+    class HalfBroken(torch.nn.Module):
+        def forward(self, x, t):
+            out = torch.zeros_like(x)
+            out[:1] = float("inf")  # one sample of each batch leaves the data's range
+            return out
+
+    status, metrics, measurements, files = evaluate(job, built, HalfBroken(), {})
+    assert status == "diverged" and metrics["fd_digits"] is None and metrics["kid_digits"] is None
+    assert measurements["samples_non_finite"] == 3 and "floors" not in measurements and "grid" not in files
+
+
+def test_class_labels_reach_a_conditional_method_in_training_and_sampling():
+    from harness.interfaces import Solution
+    from harness.training import BatchStream
+
+    class Coded:  # image i has every pixel = i and class i % 10
+        shape = (1, 2, 2)
+        labels = torch.arange(50) % 10
+
+        def train_split(self, gen):
+            return torch.arange(50, dtype=torch.float32)[:, None, None, None].expand(50, 1, 2, 2).clone()
+
+        def sample_source(self, n, gen):
+            return torch.randn((n, *self.shape), generator=gen)
+
+    stream = BatchStream(Coded(), 16, torch.Generator().manual_seed(0))
+    for _ in range(5):
+        batch = stream.next()
+        assert batch.labels.dtype == torch.int64
+        torch.testing.assert_close(batch.labels, batch.x_1[:, 0, 0, 0].long() % 10)
+
+    seen: dict[int | None, list] = {}
+
+    class Conditional:
+        conditional = True
+
+        def sample(self, model, x_0, solver, generator, record=False, labels=None):
+            seen.setdefault(batch_size, []).append(labels.clone())
+            return Solution(x=x_0 * 0 + labels[:, None, None, None].float() / 10, steps=1)
+
+    results = {}
+    for batch_size in (None, 32):
+        job, built = _digits("budget.eval.shard_size=10000",
+                             *([] if batch_size is None else [f"budget.eval.batch_size={batch_size}"]))
+        built.method = Conditional()
+        status, metrics, _, _ = evaluate(job, built, built.network, {})
+        assert status == "ok"
+        results[batch_size] = metrics
+
+    def the_pass(calls: list) -> torch.Tensor:  # the last calls, which cover the 300 samples once
+        out: list = []
+        while sum(len(c) for c in out) < 300:
+            out.insert(0, calls[-1 - len(out)])
+        return torch.cat(out)
+
+    passes = {b: the_pass(v) for b, v in seen.items()}  # batch 40 (the helper's default), then 32
+    assert len(seen[None][-1]) == 20 and len(seen[32][-1]) == 12
+    torch.testing.assert_close(passes[None], passes[32])  # the same classes whatever the batch size
+    assert passes[None].min() >= 0 and passes[None].max() <= 9 and len(set(passes[None].tolist())) == 10
+    assert results[None]["fd_digits"] == pytest.approx(results[32]["fd_digits"], rel=1e-6)

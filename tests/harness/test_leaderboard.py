@@ -221,3 +221,22 @@ def test_a_column_of_mixed_provenance_is_neither_marked_nor_ranked():
     (note,) = table.notes
     assert note.startswith("fd_digits: this column mixes values of different provenance (weights_sha256: aaa, bbb)")
     assert "the rows are not ranked" in note
+
+
+def test_the_floor_note_says_what_a_perfect_model_scores():
+    import pandas as pd
+
+    from harness.leaderboard import floor_note
+
+    rows = pd.DataFrame([
+        {"method": "icfm", "seed": 0, "fd_digits@floor:train_images": 20.0, "fd_digits@floor:num_samples": 500},
+        {"method": "icfm", "seed": 1, "fd_digits@floor:train_images": 22.0, "fd_digits@floor:num_samples": 500},
+        {"method": "latent-fm", "seed": 0, "fd_digits@floor:train_images": 20.0,
+         "fd_digits@floor:reconstructions": 30.0, "fd_digits@floor:num_samples": 500},
+        {"method": "latent-fm", "seed": 1, "fd_digits@floor:train_images": 22.0,
+         "fd_digits@floor:reconstructions": 34.0, "fd_digits@floor:num_samples": 500},
+    ])
+    assert floor_note(rows, "fd_digits") == (
+        "fd_digits floor, what a perfect model scores: 21.0 ± 1.4 for 500 real training images; the same images "
+        "through the autoencoder of latent-fm: 32 (no latent flow can do better).")
+    assert floor_note(rows, "kid_digits") is None

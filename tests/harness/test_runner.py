@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.plan import make_plan
-from harness.resolve import load_suite
 from harness.building import build
 from harness.evaluation import samples_out_of_range
+from harness.plan import make_plan
+from harness.resolve import load_suite
 from harness.runner import Runner
-from harness.training import BatchStream, Pairs, PreparedBatches, Validation
 from harness.seeding import generator, stream_seed
+from harness.training import BatchStream, Pairs, PreparedBatches, Validation
 from tests.conftest import PROJECT, SPECS, write
 
 SUITE = """name: unit

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from harness.metrics import (
     EvalContext,
@@ -203,10 +203,10 @@ class _Field(nn.Module):
 
 
 def _evaluate_all(model, samplers, method="rectified-flow", extra=()):
-    from harness.plan import make_plan
-    from harness.resolve import load_suite
     from harness.building import build, configure
     from harness.evaluation import evaluate
+    from harness.plan import make_plan
+    from harness.resolve import load_suite
     from tests.conftest import SPECS, TINY
 
     overrides = [*TINY, "datasets=[moons]", f"methods=[{method}]", f"samplers=[{', '.join(samplers)}]",
