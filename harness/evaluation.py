@@ -147,6 +147,46 @@ def reference_features(request: FeatureRequest, extractor: Any, dataset: Any, da
                                    "n": card["n"], "reused": card["reused"]})
 
 
+LIKELIHOOD_BATCH = 500  # held-out points per log_likelihood call
+
+
+def _likelihood(job: EvalJob, built: Built, model: nn.Module) -> dict[str, Any] | None:
+    """The model's log-likelihood of held-out data, for model metrics (nll, bpd): the
+    dataset's held-out images, or for data without a split ``num_samples`` fresh target
+    samples from their own stream; per-sample log p (nats) from the method's
+    ``log_likelihood(model, x, generator)``, which states its dequantisation in
+    ``likelihood_convention``. None when the method has no likelihood or the flow lives in
+    a latent space (a latent flow's likelihood is of latents, not of the data). Computed
+    once per trained model (it does not depend on the sampler) and kept on ``built``."""
+    method = built.method
+    if not hasattr(method, "log_likelihood") or built.latent is not None:
+        return None
+    cache = built.__dict__.setdefault("_likelihood", {})
+    if job.budget.num_samples in cache:
+        return cache[job.budget.num_samples]
+    held = getattr(built.dataset, "held_out_images", None)
+    if held is not None:
+        data, split = held, "held_out"
+    else:
+        data = built.dataset.sample_target(job.budget.num_samples, generator(job.train.seed, "eval-likelihood"))
+        split = "fresh target samples"
+    gen = generator(job.train.seed, "eval-likelihood-method", built.device)
+    model.eval()
+    values = []
+    for start in range(0, len(data), LIKELIHOOD_BATCH):
+        x = data[start:start + LIKELIHOOD_BATCH].to(built.device, built.dtype)
+        with torch.no_grad(), autocast(job.train.hardware, built.device):
+            values.append(method.log_likelihood(model, x, gen).double().cpu())
+    logp = torch.cat(values).numpy()
+    dims = math.prod(built.dataset.shape)
+    out = {"mean_log_prob_nats": float(logp.mean()), "n": len(logp), "dims": dims, "split": split,
+           "std_error_nats": float(logp.std(ddof=1) / math.sqrt(len(logp))) if len(logp) > 1 else None,
+           "finite": bool(np.isfinite(logp).all()),
+           "convention": getattr(method, "likelihood_convention", "not stated by the method")}
+    cache[job.budget.num_samples] = out
+    return out
+
+
 def _num_classes(space: Any) -> int:
     labels = getattr(space, "labels", None)
     if labels is None or len(labels) == 0:
@@ -348,6 +388,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             flows[steps] = Trajectory(times, [np.concatenate(parts) for parts in zip(*states)])
         return flows[steps]
 
+    likelihood = _likelihood(job, built, model) if "likelihood" in needs else None
     reference_2 = None
     if "reference_2" in needs:
         reference_2 = draw_blocks(dataset.sample_target, n, shard_size, seed,
@@ -368,6 +409,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         train=train_stats,
         num_params=train_stats.get("num_params"),
         shape=shape,
+        likelihood=likelihood,
     )
     references: dict[str, ReferenceFeatures] = {}
     metrics: dict[str, float | None] = {}

@@ -7,6 +7,7 @@ measured (see ``harness.measure``). All maths is in float64.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -49,6 +50,10 @@ class EvalContext:
     shape: tuple[int, ...] = ()  # one sample's shape, (1, 8, 8) for digits: samples are flattened to (n, d)
     # for a metric that declares ``features``: its feature space's generated and reference sides
     feature: FeaturePair | None = None
+    # for model metrics (needs "likelihood"): the method's log-likelihood of held-out data,
+    # {mean_log_prob_nats, std_error_nats, n, dims, split, finite, convention}; None when
+    # the method has none (harness.evaluation._likelihood)
+    likelihood: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,34 @@ def _train_speed(ctx: EvalContext, params: NoParams) -> float | None:
 def _params(ctx: EvalContext, params: NoParams) -> float | None:
     """Trainable parameter count of the network."""
     return ctx.num_params
+
+
+def _nll_per_dim(ctx: EvalContext) -> float | None:
+    like = ctx.likelihood
+    if like is None or not like["finite"]:
+        return None
+    return -like["mean_log_prob_nats"] / like["dims"]
+
+
+def _likelihood_provenance(ctx: EvalContext, params: Any) -> dict:
+    like = ctx.likelihood or {}
+    return {k: like.get(k) for k in ("split", "n", "dims", "convention", "std_error_nats")}
+
+
+@metric("nll", unit="nats/dim", higher_is_better=False, needs={"likelihood"}, provenance=_likelihood_provenance)
+def _nll(ctx: EvalContext, params: NoParams) -> float | None:
+    """Negative log-likelihood of held-out data per dimension, in nats (a model metric: it
+    reads the dataset's held-out split, not samples); the method states its dequantisation
+    in the value's provenance. Not applicable (—) to methods without a likelihood."""
+    return _nll_per_dim(ctx)
+
+
+@metric("bpd", unit="bits/dim", higher_is_better=False, needs={"likelihood"}, provenance=_likelihood_provenance)
+def _bpd(ctx: EvalContext, params: NoParams) -> float | None:
+    """Bits per dimension of held-out data: nll / ln 2, under the method's stated
+    dequantisation (its provenance). Not applicable (—) to methods without a likelihood."""
+    nll = _nll_per_dim(ctx)
+    return None if nll is None else nll / math.log(2)
 
 
 class FlowGrid(NoParams):

@@ -260,3 +260,34 @@ def test_class_labels_reach_a_conditional_method_in_training_and_sampling():
     torch.testing.assert_close(passes[None], passes[32])  # the same classes whatever the batch size
     assert passes[None].min() >= 0 and passes[None].max() <= 9 and len(set(passes[None].tolist())) == 10
     assert results[None]["fd_digits"] == pytest.approx(results[32]["fd_digits"], rel=1e-6)
+
+
+def test_model_metrics_read_the_held_out_data_through_the_methods_likelihood():
+    import math
+
+    from harness.seeding import generator
+
+    job, built = _moons("metrics=[w2, nfe, nll, bpd]")  # icfm: no likelihood, so the columns are not applicable
+    _, metrics, measurements, _ = evaluate(job, built, built.network, {})
+    assert metrics["nll"] is None and metrics["bpd"] is None
+
+    class StandardNormal:  # an exact likelihood: log N(x; 0, I)
+        likelihood_convention = "continuous density, no dequantisation (test)"
+
+        def __init__(self, method):
+            self.sample = method.sample
+
+        def log_likelihood(self, model, x, gen):
+            return (-0.5 * x.double() ** 2 - 0.5 * math.log(2 * math.pi)).sum(dim=1)
+
+    built.method = StandardNormal(built.method)
+    _, metrics, measurements, _ = evaluate(job, built, built.network, {})
+    data = built.dataset.sample_target(300, generator(job.train.seed, "eval-likelihood")).double()
+    expected = float((0.5 * data**2 + 0.5 * math.log(2 * math.pi)).mean())  # per dimension
+    assert metrics["nll"] == pytest.approx(expected, rel=1e-12)
+    assert metrics["bpd"] == pytest.approx(expected / math.log(2), rel=1e-12)
+    assert measurements["provenance"]["bpd"] == {"split": "fresh target samples", "n": 300, "dims": 2,
+                                                  "convention": StandardNormal.likelihood_convention,
+                                                  "std_error_nats": pytest.approx(
+                                                      float((-0.5 * data**2 - 0.5 * math.log(2 * math.pi))
+                                                            .sum(1).std() / math.sqrt(300)), rel=1e-9)}
