@@ -165,8 +165,11 @@ def _likelihood(job: EvalJob, built: Built, model: nn.Module) -> dict[str, Any] 
     if job.budget.num_samples in cache:
         return cache[job.budget.num_samples]
     held = getattr(built.dataset, "held_out_images", None)
+    labels = None
     if held is not None:
         data, split = held, "held_out"
+        if getattr(method, "conditional", False):
+            labels = built.dataset.held_out_labels  # log p(x | y) of each image's own class
     else:
         data = built.dataset.sample_target(job.budget.num_samples, generator(job.train.seed, "eval-likelihood"))
         split = "fresh target samples"
@@ -176,7 +179,8 @@ def _likelihood(job: EvalJob, built: Built, model: nn.Module) -> dict[str, Any] 
     for start in range(0, len(data), LIKELIHOOD_BATCH):
         x = data[start:start + LIKELIHOOD_BATCH].to(built.device, built.dtype)
         with torch.no_grad(), autocast(job.train.hardware, built.device):
-            values.append(method.log_likelihood(model, x, gen).double().cpu())
+            extra = {} if labels is None else {"labels": labels[start:start + LIKELIHOOD_BATCH].to(built.device)}
+            values.append(method.log_likelihood(model, x, gen, **extra).double().cpu())
     logp = torch.cat(values).numpy()
     dims = math.prod(built.dataset.shape)
     out = {"mean_log_prob_nats": float(logp.mean()), "n": len(logp), "dims": dims, "split": split,

@@ -113,7 +113,11 @@ class Method(Protocol):
     own stream); ``prepare(batch, generator) -> Batch``, which the harness calls on
     every training batch before ``loss`` (ahead of time, in a worker thread, when the
     method sets ``prefetch = True``; each batch gets a generator of its own, so the result
-    does not depend on scheduling), and ``log_likelihood(model, x) -> Tensor``."""
+    does not depend on scheduling), and ``log_likelihood(model, x, generator, labels=None)
+    -> Tensor``, per-sample log-likelihood in nats of held-out data x, which the model
+    metrics ``nll`` and ``bpd`` read (with ``likelihood_convention``, a sentence stating the
+    dequantisation); ``autoregressive = True`` for a method that samples by inverting an
+    autoregressive flow with the ``ar-*`` samplers instead of solving an ODE."""
 
     Params: ClassVar[type[Params]]
 

@@ -4,7 +4,7 @@ Importing this package registers every method, network, dataset, solver and opti
 the harness registries. Each module opens with the paper and algorithm it implements.
 """
 
-from implementations import distillation, flow_matching, networks, optimizers, rectified_flow  # noqa: F401
+from implementations import distillation, flow_matching, networks, optimizers, rectified_flow, tarflow  # noqa: F401
 from implementations import autoencoders  # noqa: F401  (latent flows' autoencoders)
 from implementations.common import solvers  # noqa: F401
 from implementations.datasets import images, toy2d  # noqa: F401

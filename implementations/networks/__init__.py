@@ -11,8 +11,10 @@ from __future__ import annotations
 from harness.registry import NETWORKS
 from implementations.networks.dit_params import DiTParams
 from implementations.networks.params import MLPParams
+from implementations.networks.tarflow_params import TarFlowParams
 from implementations.networks.unet_params import UNetParams
 
 NETWORKS.defer("mlp", "implementations.networks.mlp:MLP", MLPParams)
 NETWORKS.defer("unet", "implementations.networks.unet:UNet", UNetParams)
 NETWORKS.defer("dit", "implementations.networks.dit:DiT", DiTParams)
+NETWORKS.defer("tarflow", "implementations.networks.tarflow:TarFlow", TarFlowParams)

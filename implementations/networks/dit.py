@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.interfaces import Params
+from implementations.networks.blocks import Norm
 from implementations.networks.dit_params import DiTParams
 from implementations.networks.mlp import SinusoidalEmbedding, broadcast_time
 
@@ -48,9 +49,7 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 class Block(nn.Module):
     def __init__(self, hidden: int, heads: int, mlp_ratio: float, norm: str):
         super().__init__()
-        make_norm = (lambda: nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)) if norm == "layernorm" else \
-            (lambda: nn.RMSNorm(hidden, elementwise_affine=False, eps=1e-6))
-        self.norm1, self.norm2 = make_norm(), make_norm()
+        self.norm1, self.norm2 = Norm(norm, hidden, affine=False), Norm(norm, hidden, affine=False)
         self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
         width = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(hidden, width), nn.GELU(approximate="tanh"), nn.Linear(width, hidden))
