@@ -211,6 +211,17 @@ def select(plan: RunPlan, patterns: list[str]) -> RunPlan:
                    plan.record_keys)
 
 
+def sampler_applies(method: MethodSpec, sampler: SamplerSpec) -> bool:
+    """Whether ``sampler`` can sample ``method``. A method whose class sets
+    ``autoregressive = True`` (a flow inverted block by block) is sampled by the solvers
+    that set it too (``ar-*``); every other method by the ODE solvers. A suite evaluates each
+    method with the samplers that apply to it."""
+    from harness import registry as reg
+
+    return (getattr(reg.METHODS.get(method.implementation), "autoregressive", False)
+            == getattr(reg.SOLVERS.get(sampler.solver), "autoregressive", False))
+
+
 def make_plan(suite: SuiteSpec) -> RunPlan:
     """Trainings in dependency order (a teacher before its students), each once by key."""
     plan = RunPlan(suite)
@@ -231,6 +242,6 @@ def make_plan(suite: SuiteSpec) -> RunPlan:
                 # Two method names with identical training specs share one training.
                 plan.evals[job.key].extend(
                     EvalJob(job, sampler, tuple(suite.metrics), suite.budget.eval, suite.name)
-                    for sampler in suite.samplers
+                    for sampler in suite.samplers if sampler_applies(method, sampler)
                 )
     return plan

@@ -371,6 +371,7 @@ class Resolver:
         if runs > MAX_RUNS:
             raise SpecError(f"{runs} evaluations (seeds x datasets x methods x samplers) is more than a suite may "
                             f"hold ({MAX_RUNS}); split it into several suites", source.loc())
+        self._check_samplers_apply(resolved, source)
         claims = self._claims(raw.claims, source, methods=[m.name for m in resolved["methods"]])
         samplers = [s.name for s in resolved["samplers"]]
         for i, claim in enumerate(claims):
@@ -392,6 +393,22 @@ class Resolver:
             metrics=metrics,
             leaderboard=raw.leaderboard,
         )
+
+    def _check_samplers_apply(self, resolved: dict[str, list], source: Source) -> None:
+        """Every method has at least one sampler of the suite that can sample it (see
+        ``plan.sampler_applies``); pairs that do not apply are left out of the plan."""
+        from harness.plan import sampler_applies
+
+        for i, method in enumerate(resolved["methods"]):
+            if any(sampler_applies(method, sampler) for sampler in resolved["samplers"]):
+                continue
+            autoregressive = getattr(reg.METHODS.get(method.implementation), "autoregressive", False)
+            fitting = [n for n in reg.SOLVERS.names()
+                       if getattr(reg.SOLVERS.get(n), "autoregressive", False) == autoregressive]
+            kind = "an autoregressive flow, inverted block by block" if autoregressive else "sampled by an ODE solver"
+            raise SpecError(f"methods[{i}]: {method.name!r} is {kind}, and none of the suite's samplers "
+                            f"({', '.join(s.name for s in resolved['samplers'])}) can sample it; add a sampler "
+                            f"whose solver is one of {', '.join(fitting)}", source.loc(("methods", i)))
 
     def _metrics(self, raw: RawSuite, source: Source) -> list[MetricSpec]:
         out: list[MetricSpec] = []

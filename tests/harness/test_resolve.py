@@ -151,3 +151,28 @@ def test_committed_results_keep_their_keys(suite):
             f"`flowgauge rekey --accept-code results/{suite}` and commit the re-keyed records")
         assert record["train_key"] in train_keys, path.name
         assert record["key"] in record_keys, path.name
+
+
+def test_each_method_is_evaluated_with_the_samplers_that_apply_to_it(tmp_path):
+    from harness.plan import make_plan
+    from tests.conftest import run_cli, write
+
+    text = """name: mixed
+seeds: [0]
+budget: {train: {steps: 2}}
+datasets: [digits]
+methods: [icfm, tarflow-digits]
+samplers: [euler-1, ar-sequential]
+metrics: [nfe]
+leaderboard: {rank_by: nfe}
+"""
+    plan = make_plan(load_suite(str(write(tmp_path / "mixed.yaml", text)), root=SPECS))
+    pairs = sorted((e.train.method.name, e.sampler.name) for evals in plan.evals.values() for e in evals)
+    assert pairs == [("icfm", "euler-1"), ("tarflow-digits", "ar-sequential")]
+    bad = write(tmp_path / "bad.yaml", text.replace("samplers: [euler-1, ar-sequential]", "samplers: [euler-1]"))
+    result = run_cli("validate", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"{bad}:5: methods[1]: 'tarflow-digits' is an autoregressive flow, inverted block by block, and none of the "
+        "suite's samplers (euler-1) can sample it; add a sampler whose solver is one of ar-gs-jacobi, ar-jacobi, "
+        "ar-sequential")
