@@ -20,7 +20,10 @@ logits / attn_temp) and
     a ← a + g_i·(a − a_u),   μ ← μ + g_i·(μ − μ_u),
     g_i = i/(N−1)·w for token i = 1 … N−1 when annealed (the official (j+1)/(N−1)·w with
     j = i − 1 the position that predicts token i), else g_i = w;
-then optionally one score step (Tweedie): x ← x + σ²·∇_x log p(x).
+or, with ``guidance_rule: gaussian``, STARFlow's Proposition 2 (Gu et al. 2025; see
+:func:`gaussian_guide`); then optionally one score step (Tweedie): x ← x + σ²·∇_x log p(x).
+STARFlow's stability tricks are network options: a soft clip c·tanh(out/c) of each
+block's raw outputs and the scale σ = softplus(â + 0.5413).
 
 Likelihood convention (``log_likelihood``): data on ``levels`` grey levels equally spaced
 in [−1, 1] (8-bit images: 256; scikit-learn's 8×8 digits: set 17, their values 0 … 16,
@@ -68,6 +71,9 @@ class TarFlowMethodParams(Params):
         0.1, description="share of training labels dropped to the mean class embedding (for guidance)")
     guidance: Annotated[float, Field(ge=0.0, le=100.0)] = Field(0.0, description="guidance weight w (0: off)")
     guidance_annealed: bool = Field(True, description="ramp the weight linearly along the tokens, as TARFlow's eval")
+    guidance_rule: Literal["linear", "gaussian"] = Field(
+        "linear", description="linear: TARFlow's extrapolation of a and μ; gaussian: STARFlow's Proposition 2, the "
+                              "Gaussian proportional to p_c^(1+w) / p_u^w with the scale ratio clipped at 1")
     attn_temp: Annotated[float, Field(gt=0.0, le=100.0)] = Field(
         1.0, description="attention temperature of the unconditional guidance pass (an unconditional model's "
                          "only contrast)")
@@ -97,6 +103,20 @@ def flow_network(model: Callable):
 def guide(cond: Tensor, uncond: Tensor, g: Tensor | float) -> Tensor:
     """TARFlow's guidance on one output (a or μ): cond + g·(cond − uncond)."""
     return cond + g * (cond - uncond)
+
+
+def gaussian_guide(a_c: Tensor, mu_c: Tensor, a_u: Tensor, mu_u: Tensor, w: Tensor | float) -> tuple[Tensor, Tensor]:
+    """STARFlow's guidance (Gu et al. 2025, Proposition 2) on one Gaussian step with
+    scales σ = exp(a): with s = min(σ_c/σ_u, 1)²,
+
+        σ̃ = σ_c / √(1 + w − w·s),   μ̃ = ((1 + w)·μ_c − w·s·μ_u) / (1 + w − w·s),
+
+    the Gaussian proportional to p_c^(1+w) / p_u^w where σ_c ≤ σ_u (the clip keeps it at
+    least as sharp as p_c). With σ_c = σ_u it is CFG on μ: μ_c + w(μ_c − μ_u), σ̃ = σ_c.
+    Returns (log σ̃, μ̃)."""
+    s = torch.clamp(torch.exp(a_c - a_u), max=1.0) ** 2
+    denom = 1.0 + w - w * s
+    return a_c - 0.5 * torch.log(denom), ((1.0 + w) * mu_c - w * s * mu_u) / denom
 
 
 def bits_per_dim(log_likelihood: Tensor, dims: int) -> Tensor:
@@ -188,6 +208,8 @@ class TarFlowMethod:
             if p.guidance_annealed:
                 tokens = torch.arange(start + 1, start + 1 + n, device=x.device, dtype=x.dtype)
                 g = (tokens / (n_tokens - 1) * p.guidance).view(1, n, 1)
+            if p.guidance_rule == "gaussian":
+                return gaussian_guide(a[:b], mu[:b], a[b:], mu[b:], g)
             return guide(a[:b], a[b:], g), guide(mu[:b], mu[b:], g)
 
         return params_fn

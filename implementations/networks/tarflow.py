@@ -40,6 +40,7 @@ guidance pass). Registered deferred as ``tarflow``; parameters in tarflow_params
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -127,6 +128,9 @@ def shift(out: Tensor) -> Tensor:
     return torch.cat([torch.zeros_like(out[:, :1]), out[:, :-1]], dim=1)
 
 
+INV_SOFTPLUS_1 = math.log(math.e - 1.0)  # softplus(0.5413) = 1
+
+
 class MetaBlock(nn.Module):
     """One affine autoregressive flow block; see the module docstring, steps 1–6."""
 
@@ -142,6 +146,7 @@ class MetaBlock(nn.Module):
         self.final = Norm(params.norm, width) if params.final_norm else None
         self.proj_out = nn.Linear(width, 2 * dim)
         nn.init.zeros_(self.proj_out.weight)  # every block starts as a fixed per-channel affine map
+        self.soft_clip, self.scale = params.soft_clip, params.scale
 
     @property
     def conditional(self) -> bool:
@@ -174,7 +179,12 @@ class MetaBlock(nn.Module):
             h = layer(h, cache=cache, layer=i, start=start, temperature=temperature)
         if self.final is not None:
             h = self.final(h)
-        a, mu = self.proj_out(h).chunk(2, dim=-1)
+        out = self.proj_out(h)
+        if self.soft_clip is not None:  # STARFlow: c·tanh(out/c) bounds both outputs
+            out = self.soft_clip * torch.tanh(out / self.soft_clip)
+        a, mu = out.chunk(2, dim=-1)
+        if self.scale == "softplus":  # STARFlow: σ = softplus(â + log(e − 1)), so â = 0 is σ = 1
+            a = torch.log(torch.nn.functional.softplus(a + INV_SOFTPLUS_1))
         return a, mu
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:

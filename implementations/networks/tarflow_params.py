@@ -31,6 +31,13 @@ class TarFlowParams(Params):
         None, description="STARFlow's deep-shallow allocation: the block nearest the prior (last in the data → "
                           "noise pass) gets this many layers and alone sees the class; the others keep `layers`")
 
+    soft_clip: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        None, description="STARFlow's soft clip of each block's raw outputs, c·tanh(out/c) (STARFlow: 4; "
+                          "null: none, as TARFlow)")
+    scale: Literal["exp", "softplus"] = Field(
+        "exp", description="how the raw log-scale output â becomes the scale σ: exp(â) (TARFlow) or "
+                           "softplus(â + 0.5413) (STARFlow; â = 0 gives σ = 1)")
+
     @model_validator(mode="after")
     def _heads(self) -> TarFlowParams:
         if self.channels % self.head_dim:

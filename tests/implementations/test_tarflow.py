@@ -498,3 +498,83 @@ def test_deep_shallow_allocation():
     # the shallow blocks ignore the class
     tokens = net.patchify(x)
     assert torch.equal(net(tokens, LABELS, block=0)[0], net(tokens, torch.zeros_like(LABELS), block=0)[0])
+
+
+# --------------------------------------------------------------------------------------
+# STARFlow's options: soft clip, softplus scale, Gaussian guidance (Gu et al. 2025)
+# --------------------------------------------------------------------------------------
+
+
+def test_starflow_outputs_are_soft_clipped_and_scaled_by_softplus():
+    net = network((1, 4, 4), patch_size=1, weight_std=30.0, soft_clip=4.0, scale="softplus")
+    plain = network((1, 4, 4), patch_size=1, weight_std=30.0)  # the same weights, TARFlow's outputs
+    x = randn(5, 16, 1)
+    with torch.no_grad():
+        a, mu = net(x, None, block=0, start=0)
+        a_raw, mu_raw = plain(x, None, block=0, start=0)
+    torch.testing.assert_close(mu, 4.0 * torch.tanh(mu_raw / 4.0), atol=1e-12, rtol=0)
+    sigma = torch.nn.functional.softplus(4.0 * torch.tanh(a_raw / 4.0) + math.log(math.e - 1))
+    torch.testing.assert_close(a, torch.log(sigma), atol=1e-12, rtol=0)
+    assert mu_raw.abs().max() > 4 and mu.abs().max() <= 4  # the clip acted, and bounds
+    zero = network((1, 4, 4), patch_size=1, weight_std=None, scale="softplus")
+    for block in zero.blocks:
+        nn.init.zeros_(block.proj_out.bias)
+    with torch.no_grad():
+        a0, _ = zero(x, None, block=0, start=0)
+    torch.testing.assert_close(a0, torch.zeros_like(a0), atol=1e-15, rtol=0)  # â = 0 is σ = 1
+
+
+@pytest.mark.parametrize("name,params", STRATEGIES[:2])
+def test_starflow_options_keep_the_flow_exact(name, params):
+    net = network(soft_clip=4.0, scale="softplus", deep_layers=3, num_classes=3)
+    m = method(class_conditional=True)
+    x = randn(4, 1, 8, 8)
+    with torch.no_grad():
+        z, logdet = net(x, LABELS)
+        sol = m.sample(NFECounter(net), z, sampler(name, **params), gen(0), labels=LABELS)
+    torch.testing.assert_close(sol.x, x, atol=EXACT, rtol=0)
+    small = network((2, 2, 2), patch_size=1, weight_std=0.5, soft_clip=1.0, scale="softplus")
+    v = randn(2, 2, 2)
+    jac = torch.autograd.functional.jacobian(lambda u: small(u[None])[0].reshape(-1), v)
+    torch.testing.assert_close(torch.linalg.slogdet(jac.reshape(8, 8))[1], small(v[None])[1][0], atol=1e-12, rtol=0)
+
+
+def test_gaussian_guidance_is_the_tilted_gaussian_and_cfg_at_equal_scales():
+    from implementations.tarflow import gaussian_guide
+
+    w = 1.5
+    mu_c, mu_u = randn(3, 4, 2), randn(3, 4, 2, seed=2)
+    a = randn(3, 4, 2, seed=3)
+    # equal scales: standard CFG on the mean, the conditional scale kept
+    a_g, mu_g = gaussian_guide(a, mu_c, a, mu_u, w)
+    torch.testing.assert_close(mu_g, mu_c + w * (mu_c - mu_u), atol=1e-13, rtol=0)
+    torch.testing.assert_close(a_g, a, atol=1e-14, rtol=0)
+    # σ_c < σ_u: the Gaussian proportional to p_c^(1+w) / p_u^w (precisions and means)
+    a_c, a_u = a - 0.7, a
+    a_g, mu_g = gaussian_guide(a_c, mu_c, a_u, mu_u, w)
+    precision = (1 + w) * torch.exp(-2 * a_c) - w * torch.exp(-2 * a_u)
+    torch.testing.assert_close(torch.exp(-2 * a_g), precision, atol=1e-12, rtol=1e-12)
+    mean = ((1 + w) * mu_c * torch.exp(-2 * a_c) - w * mu_u * torch.exp(-2 * a_u)) / precision
+    torch.testing.assert_close(mu_g, mean, atol=1e-12, rtol=1e-12)
+    # σ_c > σ_u: the ratio is clipped at 1, so the guided step is never wider than p_c
+    a_g, mu_g = gaussian_guide(a + 0.7, mu_c, a, mu_u, w)
+    torch.testing.assert_close(a_g, a + 0.7, atol=1e-14, rtol=0)
+    torch.testing.assert_close(mu_g, (1 + w) * mu_c - w * mu_u, atol=1e-13, rtol=0)
+    # w = 0: the conditional step
+    a_g, mu_g = gaussian_guide(a_c, mu_c, a_u, mu_u, 0.0)
+    torch.testing.assert_close((a_g, mu_g), (a_c, mu_c), atol=1e-15, rtol=0)
+
+
+def test_the_sampler_uses_the_rule_the_spec_names():
+    net = network((1, 4, 4), patch_size=1, num_classes=3, weight_std=0.3)
+    y = torch.tensor([0, 1, 2])
+    x = randn(3, 5, 1)
+    with torch.no_grad():
+        a, mu = method(class_conditional=True, guidance=2.0, guidance_annealed=False,
+                       guidance_rule="gaussian").block_params(net, net, 1, y)(x, 0)
+        a_c, mu_c = net(x, y, block=1, start=0)
+        a_u, mu_u = net(x, torch.full_like(y, -1), block=1, start=0)
+    from implementations.tarflow import gaussian_guide
+
+    expected = gaussian_guide(a_c, mu_c, a_u, mu_u, 2.0)
+    torch.testing.assert_close((a, mu), expected, atol=1e-13, rtol=0)
