@@ -191,6 +191,28 @@ def _likelihood(job: EvalJob, built: Built, model: nn.Module) -> dict[str, Any] 
     return out
 
 
+DIAGNOSTIC_POINTS = 1000  # held-out points a method's diagnostics read (Liu & Qin use 1000 images)
+
+
+def _diagnostics(job: EvalJob, built: Built, model: nn.Module) -> dict | None:
+    """A method's own diagnostics of the trained model (``diagnostics(model, x)`` on up to
+    DIAGNOSTIC_POINTS held-out points, e.g. an autoregressive flow's per-block convergence
+    metrics), recorded as they come in ``measurements.diagnostics``. Once per trained model;
+    none for a latent flow or a method without them."""
+    method = built.method
+    if not hasattr(method, "diagnostics") or built.latent is not None:
+        return None
+    cache = built.__dict__.setdefault("_diagnostics", {})
+    if "value" not in cache:
+        held = getattr(built.dataset, "held_out_images", None)
+        data = (held[:DIAGNOSTIC_POINTS] if held is not None else
+                built.dataset.sample_target(DIAGNOSTIC_POINTS, generator(job.train.seed, "eval-diagnostics")))
+        model.eval()
+        with torch.no_grad(), autocast(job.train.hardware, built.device):
+            cache["value"] = method.diagnostics(model, data.to(built.device, built.dtype))
+    return cache["value"]
+
+
 def _num_classes(space: Any) -> int:
     labels = getattr(space, "labels", None)
     if labels is None or len(labels) == 0:
@@ -393,6 +415,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         return flows[steps]
 
     likelihood = _likelihood(job, built, model) if "likelihood" in needs else None
+    diagnostics = _diagnostics(job, built, model)
     reference_2 = None
     if "reference_2" in needs:
         reference_2 = draw_blocks(dataset.sample_target, n, shard_size, seed,
@@ -458,6 +481,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         "samples_out_of_range": bad,  # non-finite, or beyond OUT_OF_RANGE x the reference's extent
         **({"provenance": provenance} if provenance else {}),
         **({"floors": floors} if floors else {}),
+        **({"diagnostics": diagnostics} if diagnostics else {}),
     }
     if any("flow" in metric.needs for _, metric, _ in specs):  # the grid, whatever the sampler
         measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)

@@ -578,3 +578,54 @@ def test_the_sampler_uses_the_rule_the_spec_names():
 
     expected = gaussian_guide(a_c, mu_c, a_u, mu_u, 2.0)
     torch.testing.assert_close((a, mu), expected, atol=1e-13, rtol=0)
+
+
+# --------------------------------------------------------------------------------------
+# GS-Jacobi diagnostics: CRM and IGM (Liu & Qin 2025)
+# --------------------------------------------------------------------------------------
+
+
+def test_crm_and_igm_of_a_zero_initialised_flow_are_zero():
+    """Output weights 0: every block is an affine map of constants, one Jacobi map from
+    any guess is exact (IGM 0), and the bound ‖·‖·‖W_a‖ + ‖W_μ‖ is 0."""
+    from implementations.tarflow import block_diagnostics
+
+    net = network(weight_std=None)
+    blocks = block_diagnostics(net, randn(6, 1, 8, 8))
+    assert len(blocks) == net.num_blocks
+    for d in blocks:
+        assert d["crm"] == 0.0 and d["crm_share"] is None
+        assert d["igm"]["latent"] == pytest.approx(0.0, abs=1e-13) and d["igm"]["zeros"] == pytest.approx(0.0, abs=1e-13)
+
+
+def test_crm_and_igm_by_hand_and_in_sampling_order():
+    from implementations.networks.tarflow import shift
+    from implementations.tarflow import block_diagnostics
+
+    net = network(weight_std=0.05)
+    x = randn(6, 1, 8, 8)
+    blocks = block_diagnostics(net, x)
+    assert all(d["crm"] is not None and None not in d["igm"].values() for d in blocks)
+    assert sum(d["crm_share"] for d in blocks) == pytest.approx(1.0, abs=1e-12)
+    # the block nearest the data is the last entry (sampling order); check it by hand
+    first, tokens = net.blocks[0], net.patchify(x)
+    with torch.no_grad():
+        z, _ = first(tokens, None)
+        xp, zp = first.permute(tokens), first.permute(z)
+        a = shift(first.raw(xp, None)[0])
+        w = first.proj_out.weight
+        crm = (torch.linalg.matrix_norm((torch.exp(-a) * xp).mean(0), ord=2) * torch.linalg.matrix_norm(w[:4], ord=2)
+               + torch.linalg.matrix_norm(w[4:], ord=2))
+        a0, mu0 = first.raw(zp, None)
+        igm = torch.linalg.matrix_norm((torch.exp(shift(a0)) * zp + shift(mu0) - xp).mean(0), ord=2)
+    assert blocks[-1]["crm"] == pytest.approx(float(crm), rel=1e-12)
+    assert blocks[-1]["igm"]["latent"] == pytest.approx(float(igm), rel=1e-12)
+    assert blocks[-1]["best_initial_guess"] == min(blocks[-1]["igm"], key=blocks[-1]["igm"].get)
+
+
+def test_an_overflowing_guess_is_recorded_as_none_not_nan():
+    from implementations.tarflow import block_diagnostics
+
+    blocks = block_diagnostics(network(weight_std=0.2), randn(6, 1, 8, 8) * 3)  # random weights, wide data
+    values = [d["crm"] for d in blocks] + [v for d in blocks for v in d["igm"].values()]
+    assert None in values and all(v is None or math.isfinite(v) for v in values)
