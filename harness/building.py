@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +34,9 @@ class Built:
     latent: Any = None
     decode: Any = None
     latent_card: dict | None = None  # the autoencoder's key, reconstruction error and scale
+    # What evaluation computes once per trained model, whatever the sampler (the floors, the
+    # likelihood of held-out data, a method's diagnostics), by name and arguments.
+    per_model: dict = field(default_factory=dict)
 
     @property
     def space(self) -> Any:

@@ -157,11 +157,11 @@ def _likelihood(job: EvalJob, built: Built, model: nn.Module) -> dict[str, Any] 
     ``log_likelihood(model, x, generator)``, which states its dequantisation in
     ``likelihood_convention``. None when the method has no likelihood or the flow lives in
     a latent space (a latent flow's likelihood is of latents, not of the data). Computed
-    once per trained model (it does not depend on the sampler) and kept on ``built``."""
+    once per trained model (it does not depend on the sampler) and kept in ``built.per_model``."""
     method = built.method
     if not hasattr(method, "log_likelihood") or built.latent is not None:
         return None
-    cache = built.__dict__.setdefault("_likelihood", {})
+    cache = built.per_model.setdefault("likelihood", {})
     if job.budget.num_samples in cache:
         return cache[job.budget.num_samples]
     held = getattr(built.dataset, "held_out_images", None)
@@ -202,7 +202,7 @@ def _diagnostics(job: EvalJob, built: Built, model: nn.Module) -> dict | None:
     method = built.method
     if not hasattr(method, "diagnostics") or built.latent is not None:
         return None
-    cache = built.__dict__.setdefault("_diagnostics", {})
+    cache = built.per_model.setdefault("diagnostics", {})
     if "value" not in cache:
         held = getattr(built.dataset, "held_out_images", None)
         data = (held[:DIAGNOSTIC_POINTS] if held is not None else
@@ -226,8 +226,8 @@ def _floors(job: EvalJob, built: Built, specs: list, requests: dict[str, Feature
     count: ``train_images``, that many training images (a perfect model of the data), and,
     for a latent flow, ``reconstructions``, the same images through the autoencoder (a
     perfect model of the latents: no latent flow can do better). Computed once per trained
-    model and kept on ``built``."""
-    cache = built.__dict__.setdefault("_floors", {})
+    model and kept in ``built.per_model``."""
+    cache = built.per_model.setdefault("floors", {})
     key = (job.budget.num_samples, tuple((s.name, canonical(s.params).__repr__()) for s, _, _ in specs))
     if key in cache:
         return cache[key]
