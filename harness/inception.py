@@ -218,29 +218,54 @@ def _cleanfid_network(path: str, sha256: str, resize_inside: bool, device: str) 
     return net.to(device).eval()
 
 
-class CleanFIDExtractor:
-    """The ``inception-cleanfid`` space: clean-fid's resize and TorchScript Inception-v3.
-
-    Options: ``mode`` ("clean" or "legacy_tensorflow"), ``weights`` (a path or None)."""
+class _InceptionExtractor:
+    """What both backends share: options ``mode`` and ``weights``, the weights found and
+    hashed, the network built once per (file, hash, mode, device) and checked to be in eval
+    mode, the plan-time ``check``, and the provenance fields that do not depend on the
+    backend. A backend names its ``space``, ``modes``, ``weights_file`` and ``_network``."""
 
     dim = DIM
-    modes = ("clean", "legacy_tensorflow")
-    weights_file = CLEANFID_WEIGHTS
+    space: str
+    modes: tuple[str, ...]
+    weights_file: WeightsFile
 
     def __init__(self, options: dict[str, Any]):
-        self.mode, weights = _split_options("inception-cleanfid", options, self.modes)
+        self.mode, weights = _split_options(self.space, options, self.modes)
         self.path = find_weights(self.weights_file, weights)
         self.sha256 = file_sha256(self.path)
         self.device = _device()
-        self.net = _cleanfid_network(str(self.path), self.sha256, self.mode == "legacy_tensorflow", self.device)
-        if self.net.training or self.net.base.training:
-            raise RuntimeError("clean-fid's Inception network must be in eval mode")
-        self.resize = _library("cleanfid.resize", "clean-fid").build_resizer(self.mode)
+        self.net = self._network()
+        if any(module.training for module in self.net.modules()):
+            raise RuntimeError(f"{self.weights_file.backend}'s Inception network must be in eval mode")
+
+    def _network(self) -> Any:
+        raise NotImplementedError
 
     @classmethod
     def check(cls, options: dict[str, Any]) -> None:
         """Raise :class:`WeightsNotFound` unless the weights are on this machine."""
         find_weights(cls.weights_file, options.get("weights"))
+
+    def _provenance(self) -> dict[str, Any]:
+        return {"backend": self.weights_file.backend, "mode": self.mode, "input": TO_UINT8, "channels": CHANNELS,
+                "weights_file": self.path.name, "weights_sha256": self.sha256, "feature_dim": DIM}
+
+
+class CleanFIDExtractor(_InceptionExtractor):
+    """The ``inception-cleanfid`` space: clean-fid's resize and TorchScript Inception-v3.
+
+    Options: ``mode`` ("clean" or "legacy_tensorflow"), ``weights`` (a path or None)."""
+
+    space = "inception-cleanfid"
+    modes = ("clean", "legacy_tensorflow")
+    weights_file = CLEANFID_WEIGHTS
+
+    def __init__(self, options: dict[str, Any]):
+        super().__init__(options)
+        self.resize = _library("cleanfid.resize", "clean-fid").build_resizer(self.mode)
+
+    def _network(self) -> Any:
+        return _cleanfid_network(str(self.path), self.sha256, self.mode == "legacy_tensorflow", self.device)
 
     def __call__(self, images: Any) -> np.ndarray:
         return _batches(to_uint8_rgb(images), self._features)
@@ -256,11 +281,9 @@ class CleanFIDExtractor:
         resize = ("clean-fid build_resizer('clean'): PIL bicubic to 299x299 per channel on float32 values "
                   "(antialiased when downsampling), clipped to [0, 255]" if self.mode == "clean" else
                   "inside the TorchScript network: TensorFlow 1 bilinear to 299x299 (clean-fid legacy_tensorflow)")
-        return {"backend": "clean-fid", "version": metadata.version("clean-fid"), "mode": self.mode,
+        return {**self._provenance(), "version": metadata.version("clean-fid"),
                 "network": "cleanfid.inception_torchscript.InceptionV3W (TorchScript Inception-v3), pool3",
-                "input": TO_UINT8, "resize": resize, "normalisation": "(x - 128) / 128 inside InceptionV3W",
-                "channels": CHANNELS, "weights_file": self.path.name, "weights_sha256": self.sha256,
-                "feature_dim": DIM}
+                "resize": resize, "normalisation": "(x - 128) / 128 inside InceptionV3W"}
 
 
 # --- torchmetrics (torch-fidelity's Inception) -----------------------------------------------
@@ -275,28 +298,17 @@ def _torchmetrics_network(path: str, sha256: str, antialias: bool, device: str) 
     return net.to(device).eval()
 
 
-class TorchmetricsExtractor:
+class TorchmetricsExtractor(_InceptionExtractor):
     """The ``inception-torchmetrics`` space: torchmetrics' FID feature module.
 
     Options: ``mode`` ("antialias" or "legacy_tensorflow"), ``weights`` (a path or None)."""
 
-    dim = DIM
+    space = "inception-torchmetrics"
     modes = ("antialias", "legacy_tensorflow")
     weights_file = TORCHMETRICS_WEIGHTS
 
-    def __init__(self, options: dict[str, Any]):
-        self.mode, weights = _split_options("inception-torchmetrics", options, self.modes)
-        self.path = find_weights(self.weights_file, weights)
-        self.sha256 = file_sha256(self.path)
-        self.device = _device()
-        self.net = _torchmetrics_network(str(self.path), self.sha256, self.mode == "antialias", self.device)
-        if self.net.training:
-            raise RuntimeError("torchmetrics' Inception network must be in eval mode")
-
-    @classmethod
-    def check(cls, options: dict[str, Any]) -> None:
-        """Raise :class:`WeightsNotFound` unless the weights are on this machine."""
-        find_weights(cls.weights_file, options.get("weights"))
+    def _network(self) -> Any:
+        return _torchmetrics_network(str(self.path), self.sha256, self.mode == "antialias", self.device)
 
     def __call__(self, images: Any) -> np.ndarray:
         return _batches(to_uint8_rgb(images), lambda batch: self.net(batch.to(self.device)))
@@ -305,18 +317,16 @@ class TorchmetricsExtractor:
         resize = ("torch.nn.functional.interpolate to 299x299, bilinear, antialias=True, align_corners=False"
                   if self.mode == "antialias" else
                   "torch-fidelity interpolate_bilinear_2d_like_tensorflow1x to 299x299 (antialias=False)")
-        return {"backend": "torchmetrics", "version": metadata.version("torchmetrics"),
-                "torch_fidelity": metadata.version("torch-fidelity"), "mode": self.mode,
+        return {**self._provenance(), "version": metadata.version("torchmetrics"),
+                "torch_fidelity": metadata.version("torch-fidelity"),
                 "network": "torchmetrics.image.fid.NoTrainInceptionV3 (torch-fidelity's Inception-v3), features '2048'",
-                "input": TO_UINT8, "resize": resize, "normalisation": "(x - 128) / 128 inside the network",
-                "channels": CHANNELS, "weights_file": self.path.name, "weights_sha256": self.sha256,
-                "feature_dim": DIM}
+                "resize": resize, "normalisation": "(x - 128) / 128 inside the network"}
 
 
-FEATURES.add("inception-cleanfid", CleanFIDExtractor)
-FEATURES.add("inception-torchmetrics", TorchmetricsExtractor)
 SPACES = {"clean-fid": CleanFIDExtractor, "torchmetrics": TorchmetricsExtractor}
-SPACE_NAMES = {"clean-fid": "inception-cleanfid", "torchmetrics": "inception-torchmetrics"}
+SPACE_NAMES = {backend: cls.space for backend, cls in SPACES.items()}
+for _cls in SPACES.values():
+    FEATURES.add(_cls.space, _cls)
 
 
 # --- metrics --------------------------------------------------------------------------------
