@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 
 from harness import registry as reg
 from harness.interfaces import Batch
-from harness.plan import TrainJob
+from harness.plan import TrainJob, canonical
 from harness.seeding import stream_seed
 from harness.spec import HardwareSpec
 
@@ -37,6 +37,7 @@ class Built:
     # What evaluation computes once per trained model, whatever the sampler (the floors, the
     # likelihood of held-out data, a method's diagnostics), by name and arguments.
     per_model: dict = field(default_factory=dict)
+    method_spec: Any = None  # the method spec ``method`` was made from
 
     @property
     def space(self) -> Any:
@@ -75,21 +76,46 @@ def build(job: TrainJob, device: torch.device, store: Any = None, progress: bool
     dtype = getattr(torch, job.hardware.dtype)
     dataset_cls = reg.DATASETS.get(job.dataset.implementation)
     dataset = dataset_cls(dataset_cls.Params.model_validate(job.dataset.params))
-    method_cls = reg.METHODS.get(job.method.implementation)
-    method = method_cls(method_cls.Params.model_validate(job.method.params))
+    method = build_method(job.method)
     latent = card = None
     if job.method.latent is not None:
         from harness.latent import latent_space
 
         latent, card = latent_space(job, dataset, device, store, progress)
     shape = dataset.shape if latent is None else latent.shape
+    bind_data(method, dataset if latent is None else latent)
     net_spec = dict(job.method.network)
     net_cls = reg.NETWORKS.get(net_spec.pop("name"))
     torch.manual_seed(stream_seed(job.seed, "init"))
     network = net_cls(net_cls.Params.model_validate(net_spec), shape).to(device=device, dtype=dtype)
     if job.hardware.channels_last and len(shape) == 3:
         network = network.to(memory_format=torch.channels_last)
-    return Built(dataset, method, network, device, dtype, latent, None if latent is None else latent.decode, card)
+    return Built(dataset, method, network, device, dtype, latent, None if latent is None else latent.decode, card,
+                 method_spec=job.method)
+
+
+def bind_data(method: Any, space: Any) -> None:
+    """Let a method read facts of the space it trains on (``bind_data(space)``, e.g. the
+    data's grey levels for a discrete likelihood), where it wants them."""
+    if hasattr(method, "bind_data"):
+        method.bind_data(space)
+
+
+def build_method(spec: Any) -> Any:
+    """The method object of a method spec (its class, with its validated params)."""
+    method_cls = reg.METHODS.get(spec.implementation)
+    return method_cls(method_cls.Params.model_validate(spec.params))
+
+
+def for_evaluation(built: Built, method_spec: Any) -> Built:
+    """``built`` with the method object of ``method_spec``: an evaluation whose method spec
+    differs from its training's only in sampling params (plan.sampling_params) shares the
+    trained model but samples with its own settings."""
+    if canonical(method_spec) == canonical(built.method_spec):
+        return built
+    method = build_method(method_spec)
+    bind_data(method, built.space)
+    return replace(built, method=method, method_spec=method_spec)
 
 
 def build_optimizer(job: TrainJob, network: nn.Module) -> torch.optim.Optimizer:

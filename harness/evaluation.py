@@ -28,6 +28,7 @@ Fréchet distance refuses fewer vectors than dimensions, naming both numbers.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -278,6 +279,9 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
     flat_dim = math.prod(shape)
     solver_cls = reg.SOLVERS.get(job.sampler.solver)
     solver = solver_cls(solver_cls.Params.model_validate(job.sampler.params))
+    # A sampler that tunes itself to the trained model (e.g. per-block settings of an
+    # autoregressive flow) reads the method's diagnostics of it before the first call.
+    calibration = solver.calibrate(_diagnostics(job, built, model)) if hasattr(solver, "calibrate") else None
     specs = []
     for spec in job.metrics:
         metric = reg.METRICS.get(spec.name)
@@ -414,6 +418,34 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             flows[steps] = Trajectory(times, [np.concatenate(parts) for parts in zip(*states)])
         return flows[steps]
 
+    companions: dict[str, np.ndarray | None] = {}
+
+    def companion(solver_name: str, solver_params: dict, points: int) -> np.ndarray | None:
+        """Another sampler's samples from the first ``points`` source points, batch by batch
+        as run_shard draws them (same labels, same method noise streams); None when it
+        cannot sample this method. The record's own sampler returns its own samples."""
+        other_cls = reg.SOLVERS.get(solver_name)
+        other_params = other_cls.Params.model_validate(solver_params)
+        if (getattr(other_cls, "autoregressive", False) != getattr(built.method, "autoregressive", False)):
+            return None
+        if solver_name == job.sampler.solver and other_params == getattr(solver, "params", None):
+            return samples[:points].copy()
+        key = json.dumps([solver_name, other_params.model_dump(mode="json"), points], sort_keys=True)
+        if key not in companions:
+            other = other_cls(other_params)
+            parts, done = [], 0
+            for block in range(math.ceil(points / shard_size)):
+                x_0, labels = source_block(block), label_block(block)
+                gen = generator(seed, block_stream("eval-method", block), built.device)
+                for start in range(0, min(len(x_0), points - done), batch_size):
+                    stop = min(start + batch_size, points - done)
+                    x, _ = sample(model, x_0[start:stop], gen, None if labels is None else labels[start:stop],
+                                  sampler=other)
+                    parts.append(x.detach().double().cpu().reshape(stop - start, -1).numpy())
+                done += min(len(x_0), points - done)
+            companions[key] = np.concatenate(parts)
+        return companions[key]
+
     likelihood = _likelihood(job, built, model) if "likelihood" in needs else None
     diagnostics = _diagnostics(job, built, model)
     reference_2 = None
@@ -426,6 +458,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         reference=reference_np,
         source=source,
         flow=flow,
+        companion=companion,
         nfe=tally.evaluations / n,
         steps=tally.steps / tally.batches,
         latency_s=timing.median,
@@ -482,6 +515,8 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         **({"provenance": provenance} if provenance else {}),
         **({"floors": floors} if floors else {}),
         **({"diagnostics": diagnostics} if diagnostics else {}),
+        **({"sampler_calibration": calibration} if calibration is not None else {}),
+        **({"sampler_stats": sampler_stats} if (sampler_stats := getattr(solver, "stats", lambda: None)()) else {}),
     }
     if any("flow" in metric.needs for _, metric, _ in specs):  # the grid, whatever the sampler
         measurements["flow_grid"] = ("not applicable: a one-step map" if getattr(built.method, "one_step", False)

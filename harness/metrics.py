@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
 from harness.features import FeaturePair, FeatureRequest
 from harness.registry import METRICS
@@ -54,6 +54,11 @@ class EvalContext:
     # {mean_log_prob_nats, std_error_nats, n, dims, split, finite, convention}; None when
     # the method has none (harness.evaluation._likelihood)
     likelihood: dict[str, Any] | None = None
+    # companion(solver, params, points): the samples (points, d) that another sampler (a
+    # registered solver with its params) draws from the first ``points`` source points of
+    # this evaluation, with the same labels and method noise; None when that solver cannot
+    # sample this method. Supplied (and cached) by the evaluator.
+    companion: Callable[[str, dict, int], np.ndarray | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -385,6 +390,53 @@ def _straightness(ctx: EvalContext, params: FlowGrid) -> float | None:
     (100 steps unless ``steps`` says otherwise); not applicable to one-step maps."""
     flow = _flow(ctx, params)
     return None if flow is None else straightness(flow.times, flow.states)
+
+
+class CompanionParams(NoParams):
+    """Which sampler to compare a record's samples with, from the same source points."""
+
+    solver: str = Field(description="a registered solver (ar-sequential, euler, dopri5, ...)")
+    params: dict[str, Any] = Field(default_factory=dict, description="that solver's params")
+    points: int = Field(500, strict=True, ge=1, le=100_000, description="the first this many samples are compared")
+    norm: Literal["max", "rms"] = Field("max", description="max: the largest |difference| of any value; rms: the "
+                                                           "root mean square difference per value")
+
+    @model_validator(mode="after")
+    def _known_solver(self) -> CompanionParams:
+        from harness.registry import SOLVERS
+
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver {self.solver!r} is not registered (known: {', '.join(sorted(SOLVERS))})")
+        SOLVERS.get(self.solver).Params.model_validate(self.params)
+        return self
+
+
+def sample_gap_of(samples: np.ndarray, companion: np.ndarray, norm: str) -> float:
+    """max |x − x'| or sqrt(mean (x − x')²) over every value of two (n, d) arrays."""
+    diff = np.abs(samples - companion)
+    return float(diff.max()) if norm == "max" else float(np.sqrt(np.mean(diff ** 2)))
+
+
+def _gap_provenance(ctx: EvalContext, params: CompanionParams) -> dict:
+    return {"companion": {"solver": params.solver, "params": params.params,
+                          "points": min(params.points, ctx.num_samples), "norm": params.norm}}
+
+
+@metric("sample_gap", unit="", higher_is_better=False, needs={"samples", "companion"}, params=CompanionParams,
+        best_at=0.0, provenance=_gap_provenance)
+def _sample_gap(ctx: EvalContext, params: CompanionParams) -> float | None:
+    """The difference between this sampler's samples and a companion sampler's from the
+    same source points, labels and method noise (its ``solver`` and ``params``): the largest
+    absolute difference of any value (``norm: max``) or the RMS per value, over the first
+    ``points`` samples, in the data's units. A solver that inverts a flow exactly scores the
+    companion's round-off; an approximate one its error (e.g. Jacobi against sequential
+    inversion, few Euler steps against many). Not applicable where the companion cannot
+    sample the method."""
+    if ctx.samples is None or ctx.companion is None:
+        return None
+    points = min(params.points, len(ctx.samples))
+    other = ctx.companion(params.solver, params.params, points)
+    return None if other is None else sample_gap_of(ctx.samples[:points], other, params.norm)
 
 
 # --- image quality in a digits classifier's feature space (harness.digits_features) -------

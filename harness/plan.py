@@ -62,12 +62,37 @@ def _training_part(spec: Any) -> dict:
     return {k: v for k, v in canonical(spec).items() if k not in DESCRIPTIVE}
 
 
+def sampling_param_names(method: dict) -> frozenset[str]:
+    """The params of a method spec that change only how a trained model samples (its
+    class's ``sampling_params``, e.g. a guidance weight): a training ignores them, so
+    methods that differ only in them share one trained model, and each record keys them."""
+    from harness import registry as reg
+
+    if method.get("implementation") not in reg.METHODS:
+        return frozenset()
+    return frozenset(getattr(reg.METHODS.get(method["implementation"]), "sampling_params", ()))
+
+
+def sampling_params(method: dict) -> dict:
+    """The sampling params a canonical method spec sets (see sampling_param_names)."""
+    names = sampling_param_names(method)
+    return {k: v for k, v in (method.get("params") or {}).items() if k in names}
+
+
+def _method_training_part(method: dict) -> dict:
+    part = _training_part(method)
+    names = sampling_param_names(method)
+    if names and part.get("params"):
+        part["params"] = {k: v for k, v in part["params"].items() if k not in names}
+    return part
+
+
 def training_spec(dataset: dict, method: dict, hardware: dict, budget: dict, seed: int, code: str) -> dict:
-    """What a training key hashes: the training parts of canonical specs, the seed, and
-    the fingerprint of the code that trains."""
+    """What a training key hashes: the training parts of canonical specs (a method's
+    sampling params left out), the seed, and the fingerprint of the code that trains."""
     return {
         "dataset": _training_part(dataset),
-        "method": _training_part(method),
+        "method": _method_training_part(method),
         "hardware": _training_part(hardware),
         "budget": budget,
         "seed": seed,
@@ -160,6 +185,7 @@ def record_key(train_key: str, spec: dict) -> str:
         "sampler": _training_part(spec["sampler"]),
         "eval": spec["budget"]["eval"],
         "metrics": spec["metrics"],
+        **({"sampling": sampling} if (sampling := sampling_params(spec["method"])) else {}),
         **({"code": spec["code"]} if "code" in spec else {}),  # records made before code was fingerprinted lack it
     })
 

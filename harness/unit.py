@@ -18,7 +18,7 @@ from torch import nn
 
 from harness import registry as reg
 from harness.artefacts import ArtefactStore
-from harness.building import Built, autocast, build, configure
+from harness.building import Built, autocast, build, configure, for_evaluation
 from harness.codeversion import record_code
 from harness.environment import environment
 from harness.errors import StorageError
@@ -72,7 +72,8 @@ class Unit:
                 summary.add(result.status)
                 continue
             try:
-                status, metrics, measurements, files = evaluate(e, built, result.model, result.stats, self.store)
+                status, metrics, measurements, files = evaluate(e, for_evaluation(built, e.train.method), result.model,
+                                                                result.stats, self.store)
             except StorageError:
                 raise
             except Exception as err:  # noqa: BLE001

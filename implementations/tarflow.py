@@ -12,7 +12,8 @@ Algorithm (training):
     2. with class labels, drop each to y = −1 (the mean class embedding) w.p. label_drop;
     3. z, log|det ∂z/∂x̃| = f(x̃, y);
     4. loss = ½·mean(z²) − logdet/D: the negative log-likelihood per dimension in nats, up
-       to the constant ½·log 2π. The source x_0 is not used.
+       to the constant ½·log 2π. The source x_0 is not used. STARFlow adds
+       ``latent_norm_penalty``·Σ_k mean(z_k²) over the outputs z_k of all blocks but the last.
 Algorithm (sampling): z = x_0 ~ N(0, I); invert the blocks from the one nearest the noise
 to the one nearest the data, each with the sampler's strategy; with guidance weight w,
 every pass also gives the unconditional (a_u, μ_u) (mean class embedding, attention
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 else:
     torch = lazy_import("torch")
 
-AR_SAMPLERS = "ar-sequential, ar-jacobi, ar-gs-jacobi"
+AR_SAMPLERS = "ar-sequential, ar-jacobi, ar-gs-jacobi, ar-auto"
 
 
 class TarFlowMethodParams(Params):
@@ -63,9 +64,10 @@ class TarFlowMethodParams(Params):
         "gaussian", description="training input: x + sigma·ε (gaussian) or uniform dequantisation over the levels")
     sigma: Annotated[float, Field(ge=0.0, le=10.0)] = Field(
         0.05, description="std of the Gaussian noise augmentation (TARFlow: 0.05 on ImageNet 64, 0.1 on MNIST)")
-    levels: Annotated[int, Field(strict=True, ge=2, le=65_536)] = Field(
-        256, description="grey levels of the data in [−1, 1] (8-bit: 256; 8×8 digits: 17): the dequantisation "
-                         "bins' width 2/(levels − 1)")
+    levels: Annotated[int, Field(strict=True, ge=2, le=65_536)] | None = Field(
+        None, description="grey levels of the data in [−1, 1] (8-bit: 256; 8×8 digits: 17): the dequantisation "
+                          "bins' width 2/(levels − 1); null: the dataset's own (its `levels`), or a continuous "
+                          "density for data without levels (2-D points, latents)")
     class_conditional: bool = Field(False, description="condition on class labels (network num_classes needed)")
     label_drop: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         0.1, description="share of training labels dropped to the mean class embedding (for guidance)")
@@ -78,6 +80,9 @@ class TarFlowMethodParams(Params):
         1.0, description="attention temperature of the unconditional guidance pass (an unconditional model's "
                          "only contrast)")
     denoise: bool = Field(False, description="one score step x + sigma²·∇log p(x) after sampling (gaussian noise)")
+    latent_norm_penalty: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.0, description="STARFlow's penalty weight on the mean square of every intermediate block output "
+                         "(all but the last; STARFlow's train.py: 1e-4); 0: none, as TARFlow")
 
     @model_validator(mode="after")
     def _denoise_needs_noise(self) -> TarFlowMethodParams:
@@ -130,13 +135,29 @@ class TarFlowMethod:
 
     Params: ClassVar[type[Params]] = TarFlowMethodParams
     autoregressive: ClassVar[bool] = True  # needs the tarflow network and an ar-* sampler
+    # Params that change sampling only: methods differing in them share one trained model.
+    sampling_params: ClassVar[frozenset[str]] = frozenset(
+        {"guidance", "guidance_annealed", "guidance_rule", "attn_temp", "denoise"})
 
     def __init__(self, params: TarFlowMethodParams):
         self.params = params
         self.conditional = params.class_conditional
-        delta = 2.0 / (params.levels - 1)
+        self.bind_data(None)
+
+    def bind_data(self, space: object) -> None:
+        """Read the grey levels of the space the flow trains on (the harness calls this once
+        the dataset or latent space exists): the params' ``levels``, else the space's, else
+        none (a continuous density)."""
+        from implementations.datasets.levels import grey_levels
+
+        self.levels = self.params.levels or grey_levels(space)
+        if self.levels is None:
+            self.likelihood_convention = ("continuous data: the exact log-density log p(x) per sample, no "
+                                          "dequantisation (bpd = -log p / (D ln 2) can be negative)")
+            return
+        delta = 2.0 / (self.levels - 1)
         self.likelihood_convention = (
-            f"{params.levels} grey levels, each the centre of a bin of width {delta:.6g} on [-1, 1]; one uniform "
+            f"{self.levels} grey levels, each the centre of a bin of width {delta:.6g} on [-1, 1]; one uniform "
             "dequantisation draw per image: log P(x) >= E_u log p(x + delta (u - 1/2)) + D log delta (a lower bound "
             "on the discrete log-likelihood, so nll and bpd are upper bounds)")
 
@@ -146,8 +167,11 @@ class TarFlowMethod:
         """Training input from data x: step 1 of the algorithm."""
         if (noise or self.params.noise) == "gaussian":
             return x + self.params.sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if self.levels is None:
+            raise ValueError("tarflow: noise: uniform dequantises discrete data, and this data has no grey levels; "
+                             "set params.levels or use noise: gaussian")
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return x + (2.0 / (self.params.levels - 1)) * (u - 0.5)
+        return x + (2.0 / (self.levels - 1)) * (u - 0.5)
 
     def training_labels(self, batch: Batch, generator: torch.Generator) -> Tensor | None:
         if not self.conditional:
@@ -159,10 +183,21 @@ class TarFlowMethod:
         return torch.where(drop.to(batch.labels.device), torch.full_like(batch.labels, -1), batch.labels)
 
     def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
-        flow_network(model)
+        flow = flow_network(model)
         x = self.dequantise(batch.x_1, generator)
-        z, logdet = model(x, self.training_labels(batch, generator))
-        return 0.5 * z.square().mean() - logdet.mean() / x[0].numel()
+        y = self.training_labels(batch, generator)
+        if not self.params.latent_norm_penalty:
+            z, logdet = model(x, y)
+            return 0.5 * z.square().mean() - logdet.mean() / x[0].numel()
+        # STARFlow: the same forward pass block by block, penalising the intermediate outputs
+        tokens, logdet, penalty = flow.patchify(x), 0.0, 0.0
+        for k in range(flow.num_blocks):
+            tokens, block_logdet = model(tokens, y, block=k)
+            logdet = logdet + block_logdet
+            if k < flow.num_blocks - 1:
+                penalty = penalty + tokens.square().mean()
+        nll = 0.5 * tokens.square().mean() - logdet.mean() / x[0].numel()
+        return nll + self.params.latent_norm_penalty * penalty
 
     # --- likelihood -------------------------------------------------------------------
 
@@ -175,8 +210,11 @@ class TarFlowMethod:
     def log_likelihood(self, model: Callable, x: Tensor, generator: torch.Generator,
                        labels: Tensor | None = None) -> Tensor:
         """One-draw estimate of the uniform-dequantisation bound on log P(x) of the
-        discrete data x (b, *shape) on ``levels`` grey levels, in nats per sample (b,)."""
-        delta = 2.0 / (self.params.levels - 1)
+        discrete data x (b, *shape) on ``levels`` grey levels, in nats per sample (b,); for
+        continuous data (no levels) the exact log-density."""
+        if self.levels is None:
+            return self.log_density(model, x, labels)
+        delta = 2.0 / (self.levels - 1)
         x_tilde = self.dequantise(x, generator, noise="uniform")
         return self.log_density(model, x_tilde, labels) + x[0].numel() * math.log(delta)
 
@@ -249,6 +287,7 @@ class TarFlowMethod:
                                       solver.plan(index, flow.num_blocks))
             z = block.permute(x_k)
             steps += passes
+            solver.count(index, passes)
             if record:
                 trajectory.append(flow.unpatchify(z))
         x = flow.unpatchify(z)

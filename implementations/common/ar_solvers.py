@@ -149,10 +149,26 @@ class AutoregressiveSolver:
 
     def __init__(self, params: Params):
         self.params = params
+        self.passes: list[int] = []  # block passes per block (sampling order), summed over calls
+        self.calls = 0
 
     def plan(self, index: int, num_blocks: int) -> BlockPlan:
         """The plan of the ``index``-th block inverted (0: nearest the noise)."""
         raise NotImplementedError
+
+    def count(self, index: int, passes: int) -> None:
+        """Tally the passes one call spent on block ``index`` (sampling order)."""
+        if index == 0:
+            self.calls += 1
+        self.passes.extend([0] * (index + 1 - len(self.passes)))
+        self.passes[index] += passes
+
+    def stats(self) -> dict | None:
+        """Mean block passes per sampling call, per block in sampling order (for the record)."""
+        if not self.calls:
+            return None
+        return {"passes_per_block": [round(n / self.calls, 3) for n in self.passes], "calls": self.calls,
+                "order": "sampling order (0: the block nearest the noise)"}
 
     def solve(self, velocity: Velocity, x_0: Tensor, t_0: float = 0.0, t_1: float = 1.0,
               record: bool = False) -> Solution:
@@ -223,3 +239,68 @@ class ARGSJacobi(AutoregressiveSolver):
 
         return BlockPlan(groups=pick("groups"), max_iterations=pick("max_iterations"), tolerance=p.tolerance,
                          initial_guess=pick("initial_guess"), clamp=p.clamp)
+
+
+class AutoParams(Params):
+    dominant_share: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.3, description="a block whose share of the summed CRM is at least this is 'tough' (Liu & Qin: the "
+                         "one or two blocks above about 30 %)")
+    tough_groups: Count = Field(8, description="token groups of a tough block (Gauss-Seidel over them)")
+    tough_max_iterations: Count | None = Field(
+        None, description="Jacobi iterations per group of a tough block; null: the group's size, exact")
+    max_iterations: Count | None = Field(
+        None, description="Jacobi iterations of every other block (one group); null: N−1, exact")
+    tolerance: StopTolerance = Field(1e-6, description="stop a block or group when no value moved by more than this")
+    clamp: Clamp | None = Field(None, description="clamp each iterate to [−clamp, clamp] (Liu & Qin: 3)")
+
+
+@SOLVERS.register("ar-auto")
+class ARAuto(AutoregressiveSolver):
+    """GS-Jacobi with per-block settings chosen from the model's own diagnostics (Liu &
+    Qin §4's recipe, automated; the thresholds are ours): the harness hands the method's
+    diagnostics of the trained model to :meth:`calibrate` before sampling. Blocks whose CRM
+    share reaches ``dominant_share`` get ``tough_groups`` groups (and ``tough_max_iterations``);
+    the others are solved by Jacobi over all tokens (``max_iterations``); each block starts
+    from the initial guess with the smaller IGM. Without diagnostics (a latent flow) every
+    block gets ``tough_groups`` groups, and the record says so."""
+
+    Params: ClassVar[type[Params]] = AutoParams
+    name = "ar-auto"
+
+    def __init__(self, params: Params):
+        super().__init__(params)
+        self.blocks: list[BlockPlan] | None = None
+        self.reason = "not calibrated"
+
+    def calibrate(self, diagnostics: dict | None) -> dict:
+        """Choose the per-block plans from ``diagnostics`` (a method's
+        ``{"gs_jacobi": {"blocks": [{crm_share, best_initial_guess}, ...]}}`` in sampling
+        order); returns the choice, for the record."""
+        p = self.params
+        blocks = ((diagnostics or {}).get("gs_jacobi") or {}).get("blocks")
+        if not blocks or any(b.get("crm_share") is None for b in blocks):
+            self.blocks = None
+            self.reason = "no CRM diagnostics of this model: every block gets tough_groups groups"
+            return {"reason": self.reason, "groups": p.tough_groups}
+        plans = []
+        for b in blocks:
+            tough = b["crm_share"] >= p.dominant_share
+            plans.append(BlockPlan(groups=p.tough_groups if tough else 1,
+                                   max_iterations=p.tough_max_iterations if tough else p.max_iterations,
+                                   tolerance=p.tolerance, clamp=p.clamp,
+                                   initial_guess=b.get("best_initial_guess") or "latent"))
+        self.blocks = plans
+        self.reason = f"CRM share >= {p.dominant_share:g}: tough (groups); IGM: initial guess"
+        return {"reason": self.reason, "order": "sampling order (0: the block nearest the noise)",
+                "groups": [q.groups for q in plans], "max_iterations": [q.max_iterations for q in plans],
+                "initial_guess": [q.initial_guess for q in plans],
+                "crm_share": [round(b["crm_share"], 4) for b in blocks]}
+
+    def plan(self, index: int, num_blocks: int) -> BlockPlan:
+        p = self.params
+        if self.blocks is None:
+            return BlockPlan(groups=p.tough_groups, max_iterations=p.tough_max_iterations, tolerance=p.tolerance,
+                             clamp=p.clamp)
+        if len(self.blocks) != num_blocks:
+            raise ValueError(f"ar-auto: calibrated for {len(self.blocks)} blocks, but the flow has {num_blocks}")
+        return self.blocks[index]

@@ -196,6 +196,11 @@ class MetaBlock(nn.Module):
         return self.permute(zp), -a.sum(dim=(1, 2))
 
 
+def patch_size(params: TarFlowParams, shape: tuple[int, ...]) -> int:
+    """The side of a patch: side / grid when ``grid`` is set, else ``patch_size``."""
+    return shape[1] // params.grid if params.grid is not None else params.patch_size
+
+
 class TarFlow(nn.Module):
     """Patchify, T MetaBlocks (odd ones reversed), unpatchify; see the module docstring."""
 
@@ -209,7 +214,7 @@ class TarFlow(nn.Module):
         if len(shape) == 1:
             self.p, self.num_tokens, self.token_dim = 1, shape[0], 1
         else:
-            self.p = params.patch_size
+            self.p = patch_size(params, shape)
             self.num_tokens, self.token_dim = (shape[1] // self.p) ** 2, shape[0] * self.p ** 2
         self.num_classes = params.num_classes
         last = params.blocks - 1
@@ -226,6 +231,11 @@ class TarFlow(nn.Module):
         with H divisible by the patch size into at least 2 tokens."""
         if len(shape) == 1 and shape[0] >= 2:
             return
+        if params.grid is not None:
+            if len(shape) == 3 and shape[1] == shape[2] and shape[1] % params.grid == 0:
+                return
+            raise ValueError(f"tarflow: grid {params.grid} needs square images (C, H, H) with H a multiple of it; "
+                             f"this dataset's samples have shape {tuple(shape)}")
         p = params.patch_size
         if len(shape) == 3 and shape[1] == shape[2] and shape[1] % p == 0 and shape[1] // p >= 2:
             return

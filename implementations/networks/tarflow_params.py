@@ -15,6 +15,9 @@ class TarFlowParams(Params):
 
     patch_size: Annotated[int, Field(strict=True, ge=1, le=64)] = Field(
         2, description="side of the square patches of an image (tokens); vectors are one value per token")
+    grid: Annotated[int, Field(strict=True, ge=2, le=1024)] | None = Field(
+        None, description="tokens per image side, whatever the resolution (the patch size is the side / grid; "
+                          "overrides patch_size): e.g. 4 gives 16 tokens at 8×8 and at 16×16")
     channels: Width = Field(64, description="transformer width Ch")
     blocks: Depth = Field(4, description="flow blocks T (MetaBlocks); odd ones read the tokens in reverse")
     layers: Depth = Field(2, description="transformer layers K per block (the shallow blocks' with deep_layers)")

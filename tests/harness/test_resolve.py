@@ -174,5 +174,5 @@ leaderboard: {rank_by: nfe}
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"{bad}:5: methods[1]: 'tarflow-digits' is an autoregressive flow, inverted block by block, and none of the "
-        "suite's samplers (euler-1) can sample it; add a sampler whose solver is one of ar-gs-jacobi, ar-jacobi, "
+        "suite's samplers (euler-1) can sample it; add a sampler whose solver is one of ar-auto, ar-gs-jacobi, ar-jacobi, "
         "ar-sequential")
