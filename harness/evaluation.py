@@ -184,7 +184,10 @@ def _likelihood(job: EvalJob, built: Built, model: nn.Module) -> dict[str, Any] 
             values.append(method.log_likelihood(model, x, gen, **extra).double().cpu())
     logp = torch.cat(values).numpy()
     dims = math.prod(built.dataset.shape)
-    out = {"mean_log_prob_nats": float(logp.mean()), "n": len(logp), "dims": dims, "split": split,
+    # log p(x | y) of a class-conditional flow and log p(x) are different quantities: the
+    # provenance says which, so a table never ranks one against the other
+    given = "each image's class" if labels is not None else "nothing (unconditional)"
+    out = {"mean_log_prob_nats": float(logp.mean()), "n": len(logp), "dims": dims, "split": split, "given": given,
            "std_error_nats": float(logp.std(ddof=1) / math.sqrt(len(logp))) if len(logp) > 1 else None,
            "finite": bool(np.isfinite(logp).all()),
            "convention": getattr(method, "likelihood_convention", "not stated by the method")}

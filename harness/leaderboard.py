@@ -120,6 +120,11 @@ def variant_labels(records: list[dict]) -> dict[str, str]:
     return labels
 
 
+# Provenance entries that describe one value's own uncertainty (a standard error), not how
+# it was made: values of one method differ in them, so they never make a column mixed.
+VALUE_STATISTICS = frozenset({"std_error_nats"})
+
+
 def mixed_provenance(frame: Any, metric: str) -> str:
     """What differs between the provenances of ``metric``'s values in ``frame`` (finished
     records of one table), e.g. "weights_sha256: 9192fcffb295, 0a1b2c3d4e5f"; "" when they
@@ -133,7 +138,7 @@ def mixed_provenance(frame: Any, metric: str) -> str:
     if len(values) < 2:
         return ""
     parsed = [json.loads(v) for v in values]
-    keys = sorted({k for p in parsed for k in p})
+    keys = sorted({k for p in parsed for k in p} - VALUE_STATISTICS)
     differing = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
     return "; ".join(f"{k}: " + ", ".join(sorted({str(p.get(k))[:12] for p in parsed})) for k in differing)
 

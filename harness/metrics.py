@@ -294,7 +294,7 @@ def _nll_per_dim(ctx: EvalContext) -> float | None:
 
 def _likelihood_provenance(ctx: EvalContext, params: Any) -> dict:
     like = ctx.likelihood or {}
-    return {k: like.get(k) for k in ("split", "n", "dims", "convention", "std_error_nats")}
+    return {k: like.get(k) for k in ("split", "n", "dims", "given", "convention", "std_error_nats")}
 
 
 @metric("nll", unit="nats/dim", higher_is_better=False, needs={"likelihood"}, provenance=_likelihood_provenance)

@@ -287,6 +287,7 @@ def test_model_metrics_read_the_held_out_data_through_the_methods_likelihood():
     assert metrics["nll"] == pytest.approx(expected, rel=1e-12)
     assert metrics["bpd"] == pytest.approx(expected / math.log(2), rel=1e-12)
     assert measurements["provenance"]["bpd"] == {"split": "fresh target samples", "n": 300, "dims": 2,
+                                                  "given": "nothing (unconditional)",
                                                   "convention": StandardNormal.likelihood_convention,
                                                   "std_error_nats": pytest.approx(
                                                       float((-0.5 * data**2 - 0.5 * math.log(2 * math.pi))

@@ -223,6 +223,28 @@ def test_a_column_of_mixed_provenance_is_neither_marked_nor_ranked():
     assert "the rows are not ranked" in note
 
 
+def test_a_likelihood_column_is_mixed_by_what_it_is_given_not_by_its_standard_error():
+    """bpd of a class-conditional flow is log p(x | y), not log p(x): the two are not ranked
+    together; two flows differ in their values' standard errors, which is no provenance."""
+    import json
+
+    import pandas as pd
+
+    def row(method, value, given, std_error):
+        return {"dataset": "digits", "method": method, "sampler": "ar-sequential", "seed": 0, "status": "ok",
+                "config": method, "bpd": value,
+                "bpd@provenance": json.dumps({"split": "held_out", "n": 359, "given": given,
+                                              "std_error_nats": std_error})}
+
+    (table,) = build_tables(pd.DataFrame([row("a", 2.5, "nothing", 0.45), row("b", 2.4, "nothing", 0.52)]),
+                            ["bpd"], "bpd")
+    assert [r.method for r in table.rows] == ["b", "a"] and table.rows[0].cells["bpd"].best and table.notes == []
+    (table,) = build_tables(pd.DataFrame([row("a", 2.5, "nothing", 0.45), row("b", 2.4, "the class", 0.45)]),
+                            ["bpd"], "bpd")
+    assert table.notes[0].startswith("bpd: this column mixes values of different provenance (given: nothing, the "
+                                     "class)")
+
+
 def test_the_floor_note_says_what_a_perfect_model_scores():
     import pandas as pd
 
