@@ -1,7 +1,8 @@
 """A small U-Net velocity network for images, in the style of DDPM (Ho et al. 2020,
 "Denoising Diffusion Probabilistic Models", Appendix B) and ADM (Dhariwal & Nichol 2021,
 "Diffusion Models Beat GANs on Image Synthesis", Section 3): residual blocks with group
-normalisation and SiLU, the time embedding added inside every block, self-attention at
+normalisation and SiLU, the time embedding as a scale and shift after each block's second
+norm (ADM's scale-shift norm), self-attention at
 chosen resolutions, skip connections from the down path to the up path, and the last
 convolution of each residual branch (and of the output) initialised to zero, as ADM does.
 
@@ -35,16 +36,23 @@ def zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
+    """norm, SiLU, conv; then the time (and class) embedding as a per-channel scale and
+    shift *after* the second norm (ADM's ``use_scale_shift_norm``), SiLU, dropout, zeroed
+    conv; plus the skip. An embedding added before that norm (DDPM's form) is removed by
+    it wherever a group holds one channel, as GroupNorm(gcd(32, c)) does for c ≤ 32: such a
+    block cannot see the time."""
+
     def __init__(self, c_in: int, c_out: int, emb_dim: int, dropout: float):
         super().__init__()
         self.in_layers = nn.Sequential(group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1))
-        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
-        self.out_layers = nn.Sequential(group_norm(c_out), nn.SiLU(), nn.Dropout(dropout),
-                                        zero(nn.Conv2d(c_out, c_out, 3, padding=1)))
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
+        self.out_norm = group_norm(c_out)
+        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), zero(nn.Conv2d(c_out, c_out, 3, padding=1)))
         self.skip = nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.in_layers(x) + self.emb(emb)[:, :, None, None]
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_norm(self.in_layers(x)) * (1 + scale) + shift
         return self.skip(x) + self.out_layers(h)
 
 

@@ -42,6 +42,23 @@ def test_every_configuration_maps_images_to_images(params, shape):
     torch.testing.assert_close(net(x[1:2], torch.tensor(0.3)), out[1:2], atol=1e-5, rtol=0)  # samples independent
 
 
+@pytest.mark.parametrize("channels", [8, 16, 64])
+def test_every_residual_block_sees_the_time_at_any_width(channels):
+    """The digits suites' U-Net has levels of 16 and 32 channels, one channel per norm
+    group: an embedding added before that norm would vanish (the network would be blind to
+    t). The scale-shift after the norm reaches every block's output."""
+    net = wake(unet((1, 8, 8), channels=channels, channel_mult=[1, 2]))
+    blocks = [m for m in net.modules() if type(m).__name__ == "ResBlock"]
+    assert len(blocks) == 8  # 2 down, 2 middle, 4 up
+    for block in blocks:
+        x = torch.randn(2, block.in_layers[0].num_channels, 4, 4)
+        emb_dim = block.emb[1].in_features
+        e_1, e_2 = torch.randn(2, emb_dim), torch.randn(2, emb_dim)
+        assert (block(x, e_1) - block(x, e_2)).abs().max() > 1e-3
+    x = torch.randn(3, 1, 8, 8)
+    assert (net(x, torch.tensor(0.1)) - net(x, torch.tensor(0.9))).abs().max() > 1e-3
+
+
 def test_class_labels_condition_the_output_when_asked_for():
     net = wake(unet((1, 8, 8), num_classes=10))
     x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
