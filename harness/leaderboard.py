@@ -134,7 +134,9 @@ def mixed_provenance(frame: Any, metric: str) -> str:
     column = metric + PROVENANCE
     if column not in frame:
         return ""
-    values = frame.loc[frame["status"] == "ok", column].dropna().unique()
+    # only values that exist: a record whose metric is not applicable (—) made nothing
+    has_value = frame[metric].notna() if metric in frame else True
+    values = frame.loc[(frame["status"] == "ok") & has_value, column].dropna().unique()
     if len(values) < 2:
         return ""
     parsed = [json.loads(v) for v in values]

@@ -239,6 +239,10 @@ def test_a_likelihood_column_is_mixed_by_what_it_is_given_not_by_its_standard_er
     (table,) = build_tables(pd.DataFrame([row("a", 2.5, "nothing", 0.45), row("b", 2.4, "nothing", 0.52)]),
                             ["bpd"], "bpd")
     assert [r.method for r in table.rows] == ["b", "a"] and table.rows[0].cells["bpd"].best and table.notes == []
+    latent = {**row("c", None, None, None), "bpd@provenance": json.dumps({"split": None, "n": None, "given": None})}
+    (table,) = build_tables(pd.DataFrame([row("a", 2.5, "nothing", 0.45), row("b", 2.4, "nothing", 0.52), latent]),
+                            ["bpd"], "bpd")
+    assert table.notes == []  # a value that is not applicable (—) has no provenance to mix
     (table,) = build_tables(pd.DataFrame([row("a", 2.5, "nothing", 0.45), row("b", 2.4, "the class", 0.45)]),
                             ["bpd"], "bpd")
     assert table.notes[0].startswith("bpd: this column mixes values of different provenance (given: nothing, the "
