@@ -13,36 +13,17 @@ from torch import nn
 import implementations  # noqa: F401  (fills the registries)
 from harness.interfaces import Batch
 from harness.metrics import CompanionParams, sample_gap_of
-from harness.registry import DATASETS, METHODS, NETWORKS, SOLVERS
+from harness.registry import DATASETS
 from implementations.common.ar_solvers import BlockPlan
 from implementations.datasets.levels import grey_levels
 from implementations.tarflow import block_diagnostics
+from tests.implementations.test_tarflow import method, network, sampler
 
 F64 = torch.float64
 
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def network(shape=(1, 8, 8), seed: int = 0, weight_std: float = 0.05, **params):
-    settings = {"patch_size": 2, "channels": 16, "blocks": 3, "layers": 2, "head_dim": 8, **params}
-    cls = NETWORKS.get("tarflow")
-    torch.manual_seed(seed)
-    net = cls(cls.Params(**settings), shape).to(F64)
-    for block in net.blocks:
-        nn.init.normal_(block.proj_out.weight, std=weight_std)
-    return net.eval()
-
-
-def method(**params):
-    cls = METHODS.get("tarflow")
-    return cls(cls.Params(**params))
-
-
-def sampler(name: str, **params):
-    cls = SOLVERS.get(name)
-    return cls(cls.Params(**params))
 
 
 def diagnostics(shares: list[float], guesses: list[str]) -> dict:
