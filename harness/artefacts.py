@@ -10,6 +10,7 @@ found again by the hash of that part. Everything lives under one results folder:
     autoencoders/<key>.pt (+ .json)
     references/<key>.npz (+ .json)
     shards/<record key>/<index>.npz      (deleted once the record is written)
+    calibrations/<key>.npz (+ .json)     what a sampler learnt from a trained model (BOSS's costs)
 
 :meth:`ArtefactStore.cached` is the one way in: it loads the artefact of a spec part when
 it exists, and otherwise makes it, writes it, then its ``.json`` card (spec and made-by
@@ -29,7 +30,7 @@ from harness.results import write_atomic, write_json_atomic
 
 T = TypeVar("T")
 
-KINDS = ("models", "pairs", "autoencoders", "references", "shards")
+KINDS = ("models", "pairs", "autoencoders", "references", "shards", "calibrations")
 
 
 class ArtefactStore:

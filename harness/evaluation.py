@@ -33,6 +33,7 @@ import math
 import statistics
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -217,6 +218,81 @@ def _diagnostics(job: EvalJob, built: Built, model: nn.Module) -> dict | None:
     return cache["value"]
 
 
+def make_solver(job: EvalJob, built: Built, model: nn.Module, train_stats: dict, store: ArtefactStore | None,
+                name: str, params: dict) -> tuple[Any, dict | None]:
+    """The solver ``name`` with ``params``, tuned to the trained model when it asks to be,
+    and what it chose (for the record) or None.
+
+    A solver with ``calibrate`` receives, by keyword, what its ``calibration_needs`` names
+    (default: the method's ``diagnostics``): ``diagnostics``, the method's diagnostics of
+    the trained model (e.g. an autoregressive flow's per-block convergence metrics);
+    ``reference_flow(steps, points)`` -> (times, states (points, steps + 1, *dims)), the
+    method's flow on a uniform Euler grid from source noise of a stream of its own;
+    ``train_stats``, the training statistics; ``cache(name, spec, make)``, which keeps
+    ``make()``'s dict of arrays as an artefact of the trained model (``calibrations/``)."""
+    solver_cls = reg.SOLVERS.get(name)
+    solver = solver_cls(solver_cls.Params.model_validate(params))
+    if not hasattr(solver, "calibrate"):
+        return solver, None
+    providers = {
+        "diagnostics": lambda: _diagnostics(job, built, model),
+        "reference_flow": lambda: partial(_reference_flow, job, built, model),
+        "train_stats": lambda: train_stats,
+        "cache": lambda: partial(_calibration_cache, job, store),
+    }
+    needs = getattr(solver, "calibration_needs", ("diagnostics",))
+    unknown = sorted(set(needs) - set(providers))
+    if unknown:
+        raise ValueError(f"solver {name!r} asks for {', '.join(unknown)} to calibrate; "
+                         f"the harness offers {', '.join(providers)}")
+    return solver, solver.calibrate(**{need: providers[need]() for need in needs})
+
+
+def _reference_flow(job: EvalJob, built: Built, model: nn.Module, steps: int,
+                    points: int) -> tuple[list[float], np.ndarray]:
+    """The method's flow from ``points`` source points (and classes) of the calibration's
+    own streams on the uniform ``steps``-step Euler grid: its times and the states
+    (points, steps + 1, *dims) in the space the flow lives in."""
+    seed, space = job.train.seed, built.space
+    x_0 = space.sample_source(points, generator(seed, "eval-calibration-source"))
+    labels = None
+    if getattr(built.method, "conditional", False):
+        labels = torch.randint(_num_classes(space), (points,), generator=generator(seed, "eval-calibration-labels"))
+    euler = reg.SOLVERS.get(FLOW_GRID_SOLVER)
+    grid = euler(euler.Params(steps=steps))
+    gen = generator(seed, "eval-calibration-method", built.device)
+    batch = min(job.budget.batch_size or job.budget.shard_size, job.budget.shard_size)
+    times, parts = [], []
+    model.eval()
+    for start in range(0, points, batch):
+        extra = {} if labels is None else {"labels": labels[start:start + batch].to(built.device)}
+        with torch.no_grad(), autocast(job.train.hardware, built.device):
+            solution = built.method.sample(model, x_0[start:start + batch].to(built.device, built.dtype), grid, gen,
+                                           record=True, **extra)
+        times = solution.times
+        parts.append(torch.stack([x.detach().double().cpu() for x in solution.trajectory], dim=1).numpy())
+    return times, np.concatenate(parts)
+
+
+def _calibration_cache(job: EvalJob, store: ArtefactStore | None, name: str, spec: dict,
+                       make: Any) -> dict[str, np.ndarray]:
+    """``make()``'s arrays, kept as an artefact of the trained model and the evaluation's
+    method spec (its sampling params included) under ``calibrations/``."""
+    if store is None:
+        return make()
+    part = {"train": job.train.key, "method": canonical(job.train.method), "name": name, "spec": spec}
+
+    def save(arrays: dict, f: Any) -> None:
+        np.savez_compressed(f, **arrays)
+
+    def load(path: Any) -> dict:
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
+    arrays, _ = store.cached("calibrations", part, "npz", lambda: (make(), {"name": name}), save, load)
+    return arrays
+
+
 def _num_classes(space: Any) -> int:
     labels = getattr(space, "labels", None)
     if labels is None or len(labels) == 0:
@@ -280,11 +356,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
     dataset, space = built.dataset, built.space
     shape = tuple(dataset.shape)
     flat_dim = math.prod(shape)
-    solver_cls = reg.SOLVERS.get(job.sampler.solver)
-    solver = solver_cls(solver_cls.Params.model_validate(job.sampler.params))
-    # A sampler that tunes itself to the trained model (e.g. per-block settings of an
-    # autoregressive flow) reads the method's diagnostics of it before the first call.
-    calibration = solver.calibrate(_diagnostics(job, built, model)) if hasattr(solver, "calibrate") else None
+    solver, calibration = make_solver(job, built, model, train_stats, store, job.sampler.solver, job.sampler.params)
     specs = []
     for spec in job.metrics:
         metric = reg.METRICS.get(spec.name)
@@ -435,7 +507,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             return samples[:points].copy()
         key = json.dumps([solver_name, other_params.model_dump(mode="json"), points], sort_keys=True)
         if key not in companions:
-            other = other_cls(other_params)
+            other, _ = make_solver(job, built, model, train_stats, store, solver_name, solver_params)
             parts, done = [], 0
             for block in range(math.ceil(points / shard_size)):
                 x_0, labels = source_block(block), label_block(block)

@@ -8,5 +8,5 @@ from implementations import distillation, flow_matching, networks, optimizers, r
 from implementations import autoencoders  # noqa: F401  (latent flows' autoencoders)
 from implementations import meanflow, split_meanflow  # noqa: F401  (average-velocity methods)
 from implementations.networks import interval_params  # noqa: F401  (registers interval-mlp, interval-unet)
-from implementations.common import solvers  # noqa: F401
+from implementations.common import solvers, time_grids  # noqa: F401
 from implementations.datasets import images, toy2d  # noqa: F401

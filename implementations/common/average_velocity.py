@@ -107,20 +107,23 @@ def expand_as(t: Tensor, x: Tensor) -> Tensor:
 def sample_average_velocity(u: AverageVelocity, x_0: Tensor, solver: Solver, record: bool = False) -> Solution:
     """Generate from x_0 with an average-velocity model (MeanFlow §1.6 in this convention).
 
-    With the ``euler`` sampler of K steps: K jumps on the uniform grid 0 = t_0 < ... < t_K = 1,
+    With the ``euler`` sampler of K steps: K jumps on the uniform grid 0 = t_0 < ... < t_K = 1
+    (with ``euler-grid``, on its grid),
     z_{t_{i+1}} = z_{t_i} + (t_{i+1} − t_i)·u(z_{t_i}, t_i, t_{i+1}), one network call each;
     K = 1 is the one-step sample x = x_0 + u(x_0, 0, 1). Any other solver integrates the
     instantaneous field v(z, t) = u(z, t, t) as a plain ODE, at that solver's cost.
     """
-    if not isinstance(solver, Euler):
+    if isinstance(solver, Euler):
+        times = torch.linspace(0.0, 1.0, solver.params.steps + 1, dtype=torch.float64).tolist()
+    elif hasattr(solver, "grid"):  # Euler on another time grid (euler-grid): the same jumps on its times
+        times = list(solver.grid())
+    else:
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             return u(x, t, t)
 
         return solver.solve(velocity, x_0, 0.0, 1.0, record=record)
-    steps = solver.params.steps
-    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    times = grid.tolist()
-    grid = grid.to(device=x_0.device, dtype=x_0.dtype)
+    steps = len(times) - 1
+    grid = torch.tensor(times, dtype=torch.float64).to(device=x_0.device, dtype=x_0.dtype)
     z = x_0
     trajectory = [z] if record else []
     for i in range(steps):
