@@ -241,6 +241,9 @@ def make_solver(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         "cache": lambda: partial(_calibration_cache, job, store),
     }
     needs = getattr(solver, "calibration_needs", ("diagnostics",))
+    if "reference_flow" in needs and getattr(built.method, "one_step", False):
+        # a one-step map ignores the solver: there is no flow to tune a grid to
+        return solver, {"not applicable": "a one-step map has no flow to calibrate on; the solver is not used"}
     unknown = sorted(set(needs) - set(providers))
     if unknown:
         raise ValueError(f"solver {name!r} asks for {', '.join(unknown)} to calibrate; "

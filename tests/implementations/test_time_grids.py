@@ -177,3 +177,13 @@ def test_an_average_velocity_model_jumps_along_a_given_grid():
     assert seen == [(0.0, 0.2), (0.2, 0.7), (0.7, 1.0)]
     status, metrics, _, _ = evaluate(plan.evals[job.key][0], built, built.network, {})
     assert status == "ok" and metrics["nfe"] == 3
+
+
+def test_a_one_step_map_is_not_calibrated_and_samples_in_one_call():
+    plan = _boss_plan("{name: d, extends: rectified-flow-distilled, teacher: {method: rectified-flow, num_pairs: 64}}",
+                      "boss-4")
+    job = next(j for j in plan.trainings if plan.evals.get(j.key))
+    built = build(job, configure(job.hardware))
+    status, metrics, measurements, _ = evaluate(plan.evals[job.key][0], built, built.network, {})
+    assert status == "ok" and metrics["nfe"] == 1
+    assert "one-step map" in measurements["sampler_calibration"]["not applicable"]
