@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     board.add_argument("--all", dest="include_older", action="store_true",
                        help="also show records that the suite as last run no longer produces (other settings, older "
                             "specs), each configuration in a row of its own")
+    board.add_argument("--view", choices=("ranked", "nfe"), default="ranked",
+                       help="ranked: one row per (method, sampler), best first; nfe: quality at NFE, one row per "
+                            "method, one column per (NFE, sampler), with training cost")
     return parser
 
 
@@ -362,7 +365,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     _load_registries()
     from harness.errors import SpecError
-    from harness.leaderboard import leaderboard, leaderboard_options
+    from harness.leaderboard import leaderboard, leaderboard_options, nfe_leaderboard
     from harness.registry import did_you_mean
 
     if not (args.results / "records").is_dir():
@@ -372,7 +375,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         if metrics and args.rank_by not in metrics:
             raise SpecError(f"--rank-by: {args.rank_by!r} is not a metric of these records"
                             + did_you_mean(args.rank_by, metrics))
-    print(leaderboard(args.results, args.format, args.rank_by, include_older=args.include_older))
+    board = nfe_leaderboard if args.view == "nfe" else leaderboard
+    print(board(args.results, args.format, args.rank_by, include_older=args.include_older))
     return 0
 
 

@@ -4,6 +4,10 @@ Records → one DataFrame → mean ± std over seeds per (dataset, method, sampl
 table per dataset, ranked by the suite's ``rank_by`` metric in its own direction, units
 in the headers and the best value of each column marked. One table model renders to
 GitHub markdown, LaTeX (booktabs), HTML and CSV.
+
+A second view, quality at NFE (``flowgauge leaderboard --view nfe``), pivots those rows to
+one row per method and one column per (NFE, sampler), adaptive samplers last with their
+mean NFE, beside each method's training cost: what each network evaluation buys.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -461,4 +466,294 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
         claims, _ = claims_report(results_dir, fmt, None if include_older else loaded, reread_specs)
         if claims:
             text += ("\n\n### Claims\n\n" if fmt == "markdown" else "\n\n<h3>Claims</h3>\n") + claims
+    return text
+
+
+# Quality at NFE: what each network evaluation buys ---------------------------------------
+
+TRAIN_COSTS = ("train_steps_per_s", "train_time")  # metric names: their headers and directions
+
+
+@dataclass(frozen=True)
+class NfeColumn:
+    """A column of the quality-at-NFE view: one sampler at one NFE per sample (counted at
+    the network, rounded to an integer), or an adaptive sampler whose cells state their
+    own mean NFE. Columns are keyed by sampler as well as NFE, so euler-4 and a 4-step
+    custom grid never share a column."""
+
+    sampler: str
+    nfe: int | None  # None: adaptive, or not measured (every seed failed)
+    adaptive: bool = False
+
+    @property
+    def label(self) -> str:
+        """"4 (euler-4)", "adaptive (dopri5)"; "? (heun-8)" when no seed measured it."""
+        nfe = "adaptive" if self.adaptive else "?" if self.nfe is None else str(self.nfe)
+        return f"{nfe} ({self.sampler})"
+
+
+@dataclass
+class NfeRow:
+    method: str
+    variant: str
+    cells: dict[NfeColumn, Row]  # the leaderboard's row of this method under each column's sampler
+    train: dict[str, Cell]  # TRAIN_COSTS over the method's trained models, one per seed
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} [{self.variant}]" if self.variant else self.method
+
+    @property
+    def seeds(self) -> int:
+        return max(row.seeds for row in self.cells.values())
+
+
+@dataclass
+class NfeTable:
+    dataset: str
+    rank_by: str
+    columns: list[NfeColumn]
+    rows: list[NfeRow]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_sweep(self) -> bool:
+        """Whether some method was sampled at more than one NFE (an adaptive sampler's is
+        its own; two samplers at one fixed NFE are one)."""
+        return any(len({c.sampler if c.adaptive else c.nfe for c in row.cells}) > 1 for row in self.rows)
+
+
+def summary_cell(values: list[float | None]) -> Cell:
+    """Mean ± std (harness.statistics) of the finite values; an empty cell when there are none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    summary = summarize(finite) if finite else None
+    return Cell(summary and summary.mean, summary and summary.std, len(finite))
+
+
+def training_cost(train: dict) -> dict[str, float | None]:
+    """Steps/s and training time (s) of one trained model, as harness.training defines them:
+    the first step, which carries warm-up and compilation, is left out of both, so the rate
+    is (steps − 1) / train_s where a record predates ``steps_per_s``."""
+    seconds, rate, steps = train.get("train_s"), train.get("steps_per_s"), train.get("steps")
+    if rate is None and seconds and steps is not None and steps > 1:
+        rate = (steps - 1) / seconds
+    return {"train_steps_per_s": rate, "train_time": seconds}
+
+
+def training_costs(records: list[dict], variants: dict[str, str]) -> dict[tuple[str, str, str], dict[str, Cell]]:
+    """TRAIN_COSTS per (dataset, method, variant): mean ± std over its trained models (one
+    per seed and training key; the samplers of one model share its training, counted once)."""
+    from harness.plan import config_key
+
+    models: dict[tuple[str, str, str], dict[str, dict]] = {}
+    for r in records:
+        if not r.get("train"):
+            continue
+        try:
+            variant = variants.get(config_key(r["spec"]), "")
+        except (KeyError, TypeError, AttributeError):
+            variant = ""
+        model = r.get("train_key", r["key"])
+        models.setdefault((r["dataset"], r["method"], variant), {})[model] = training_cost(r["train"])
+    return {slot: {name: summary_cell([cost[name] for cost in by_model.values()]) for name in TRAIN_COSTS}
+            for slot, by_model in models.items()}
+
+
+def measured_nfe(record: dict) -> float | None:
+    """NFE per sample as counted at the network (``measurements.nfe``; the metric otherwise)."""
+    nfe = (record.get("measurements") or {}).get("nfe")
+    return nfe if nfe is not None else (record.get("metrics") or {}).get("nfe")
+
+
+def counted_samplers(records: list[dict]) -> set[str]:
+    """Samplers whose solver sets its own NFE by error control (NFE convention "counted")."""
+    return {r["sampler"] for r in records if (r.get("measurements") or {}).get("nfe_convention") == "counted"}
+
+
+def _adaptive_samplers(rows: list[Row], counted: set[str]) -> set[str]:
+    """``counted`` and the samplers whose NFE varies between seeds or is not a whole number
+    (a data-dependent sampler: Jacobi iterations to a tolerance)."""
+    varies = {r.sampler for r in rows if (c := r.cells["nfe"]).mean is not None
+              and ((c.std or 0) > 0 or abs(c.mean - round(c.mean)) > 1e-9)}
+    return counted | varies
+
+
+def _nfe_column(row: Row, adaptive: set[str], known: dict[str, set[int]]) -> NfeColumn:
+    """The column of a leaderboard row; a row without a measured NFE takes its sampler's
+    NFE from the other methods when they agree on it."""
+    if row.sampler in adaptive:
+        return NfeColumn(row.sampler, None, adaptive=True)
+    if row.cells["nfe"].mean is not None:
+        return NfeColumn(row.sampler, round(row.cells["nfe"].mean))
+    others = known.get(row.sampler, set())
+    return NfeColumn(row.sampler, next(iter(others)) if len(others) == 1 else None)
+
+
+def _column_order(column: NfeColumn) -> tuple:
+    """Fixed NFE ascending, then columns of unknown NFE, adaptive samplers last."""
+    return (column.adaptive, column.nfe is None, column.nfe or 0, column.sampler)
+
+
+def _mark_best_per_column(table: NfeTable) -> None:
+    """Bold the best method of each column; a tie between methods marks nothing."""
+    for column in table.columns:
+        cells = [row.cells[column].cells[table.rank_by] for row in table.rows
+                 if column in row.cells and row.cells[column].status == "ok"]
+        values = [c for c in cells if c.mean is not None and math.isfinite(c.mean)]
+        if not values:
+            continue
+        best = min(badness(table.rank_by, c.mean) for c in values)
+        winners = [c for c in values if badness(table.rank_by, c.mean) == best]
+        if len(winners) == 1:
+            winners[0].best = True
+
+
+def _nfe_table(table: Table, counted: set[str], costs: dict, ranked: bool) -> NfeTable:
+    """One leaderboard table pivoted to one row per (method, variant), one column per
+    (NFE, sampler); rows in the order of their best entry in the ranked leaderboard."""
+    adaptive = _adaptive_samplers(table.rows, counted)
+    known: dict[str, set[int]] = {}
+    for row in table.rows:
+        if row.sampler not in adaptive and row.cells["nfe"].mean is not None:
+            known.setdefault(row.sampler, set()).add(round(row.cells["nfe"].mean))
+    rows: dict[tuple[str, str], NfeRow] = {}
+    for row in table.rows:
+        row.cells[table.rank_by].best = False  # the leaderboard marks the dataset's best; here each column's
+        slot = (row.method, row.variant)
+        if slot not in rows:
+            rows[slot] = NfeRow(row.method, row.variant, {}, costs.get((table.dataset, *slot), {}))
+        rows[slot].cells[_nfe_column(row, adaptive, known)] = row
+    columns = sorted({c for r in rows.values() for c in r.cells}, key=_column_order)
+    nfe = NfeTable(table.dataset, table.rank_by, columns, list(rows.values()),
+                   [n for n in table.notes if n.startswith(table.rank_by)])
+    if ranked:
+        _mark_best_per_column(nfe)
+    return nfe
+
+
+def build_nfe_tables(frame: Any, records: list[dict], rank_by: str,
+                     variants: dict[str, str] | None = None) -> list[NfeTable]:
+    """The quality-at-NFE view of ``records`` (``frame`` is their ``records_frame`` with a
+    ``nfe`` column): the leaderboard's tables of ``rank_by`` and NFE, pivoted by
+    :func:`_nfe_table`, with each method's training cost."""
+    variants = variants or {}
+    costs = training_costs(records, variants)
+    counted = counted_samplers(records)
+    return [_nfe_table(t, counted, costs, not mixed_provenance(frame[frame["dataset"] == t.dataset], rank_by))
+            for t in build_tables(frame, [rank_by, "nfe"], rank_by, variants)]
+
+
+def nfe_tables(records: list[dict], rank_by: str) -> list[NfeTable]:
+    """:func:`build_nfe_tables` straight from records."""
+    from harness.results import records_frame
+
+    frame = records_frame(records)
+    if frame.empty:
+        return []
+    frame["nfe"] = [measured_nfe(r) for r in records]
+    if rank_by not in frame:
+        frame[rank_by] = None
+    return build_nfe_tables(frame, records, rank_by, variant_labels(records))
+
+
+NFE_LEGEND = ("Columns: NFE per sample, counted at the network, and the sampler that reached it (one column per "
+              "sampler: two samplers at one NFE stay apart); adaptive: the solver sets its own NFE, and each cell "
+              "gives its mean. Training cost: per trained model (shared by its samplers), the first step "
+              "excluded. All cells mean ± std over seeds; n/m: only n of m seeds finished.")
+
+
+def _nfe_cell_text(row: Row | None, column: NfeColumn, rank_by: str, precision: int) -> tuple[str, str]:
+    """(the value, what follows it): ("43.2 ± 1.1", " (NFE 86)"); a blank for a sampler not run."""
+    if row is None:
+        return "", ""
+    if row.status != "ok":
+        return row.status, ""
+    extra = [f"NFE {format_number(row.cells['nfe'].mean, 3)}"] if column.adaptive else []
+    extra += [row.seeds_text] if row.finished != row.seeds else []
+    cell = row.cells[rank_by]
+    return format_mean_std(cell.mean, cell.std, precision), f" ({'; '.join(extra)})" if extra else ""
+
+
+def _nfe_body(table: NfeTable, precision: int, escape: Callable[[str], str],
+              strong: Callable[[str], str]) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells, escaped with ``escape``; a column's best value through ``strong``."""
+    headers = ["method", "seeds", *[c.label for c in table.columns], *[header(m) for m in TRAIN_COSTS]]
+    body = []
+    for row in table.rows:
+        cells = []
+        for column in table.columns:
+            value, extra = _nfe_cell_text(row.cells.get(column), column, table.rank_by, precision)
+            best = column in row.cells and row.cells[column].cells[table.rank_by].best
+            cells.append((strong(escape(value)) if best else escape(value)) + escape(extra))
+        costs = [format_mean_std(c.mean, c.std, precision) if (c := row.train.get(m)) else "—" for m in TRAIN_COSTS]
+        body.append([escape(row.label), str(row.seeds), *cells, *map(escape, costs)])
+    return [escape(h) for h in headers], body
+
+
+def render_nfe(tables: list[NfeTable], fmt: str = "markdown", precision: int = 4) -> str:
+    """Render the quality-at-NFE view; ``csv`` gives one line per (dataset, method, column)."""
+    from tabulate import tabulate
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return _render_nfe_csv(tables)
+    parts = []
+    for table in tables:
+        title = (f"{table.dataset}: {header(table.rank_by)} at each NFE (mean ± std over seeds; best of each column "
+                 "in bold)")
+        if fmt == "markdown":
+            headers, body = _nfe_body(table, precision, str, lambda s: f"**{s}**" if s else s)
+            align = ("left", "right", *["right"] * (len(headers) - 2))
+            grid = tabulate(body, headers, tablefmt="github", disable_numparse=True, colalign=align)
+            parts.append(f"### {title}\n\n{grid}\n\n{NFE_LEGEND}" + "".join(f"\n\n{note}" for note in table.notes))
+        elif fmt == "latex":
+            headers, body = _nfe_body(table, precision, latex.escape, lambda s: r"\textbf{" + s + "}" if s else s)
+            caption = latex.escape(f"{title}. {NFE_LEGEND}")
+            parts.append(latex.tabular(headers, body, "lr" + "r" * (len(headers) - 2), caption,
+                                       "tab:nfe-" + re.sub(r"[^A-Za-z0-9:-]", "-", table.dataset)))
+        else:
+            headers, body = _nfe_body(table, precision, html.escape, lambda s: f"<b>{s}</b>" if s else s)
+            parts.append(f"<h3>{html.escape(title)}</h3>\n" + tabulate(body, headers, tablefmt="unsafehtml")
+                         + "".join(f"\n<p>{html.escape(n)}</p>" for n in [NFE_LEGEND, *table.notes]))
+    return "\n\n".join(parts)
+
+
+def _render_nfe_csv(tables: list[NfeTable]) -> str:
+    import csv
+    import io
+
+    def raw(cell: Cell | None) -> list[str]:
+        return ["" if cell is None or v is None else repr(v) for v in ((cell.mean, cell.std) if cell else (None, None))]
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    rank_by = tables[0].rank_by if tables else "rank"
+    writer.writerow(["dataset", "method", "column", "sampler", "adaptive", "nfe_mean", "seeds", "status",
+                     f"{rank_by}_mean", f"{rank_by}_std", *[f"{m}_{s}" for m in TRAIN_COSTS for s in ("mean", "std")]])
+    for table in tables:
+        for row in table.rows:
+            costs = [v for m in TRAIN_COSTS for v in raw(row.train.get(m))]
+            for column in table.columns:
+                if (cell := row.cells.get(column)) is None:
+                    continue
+                writer.writerow([table.dataset, row.label, column.label, column.sampler, column.adaptive,
+                                 raw(cell.cells["nfe"])[0], cell.seeds, cell.status, *raw(cell.cells[rank_by]), *costs])
+    return out.getvalue().rstrip("\n")
+
+
+def nfe_leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None,
+                    records: list[dict] | None = None, include_older: bool = False) -> str:
+    """The quality-at-NFE view of ``results_dir`` (``flowgauge leaderboard --view nfe``),
+    with the notes of :func:`leaderboard` (timings shared with other runs, records left out)."""
+    from harness.results import suite_records
+
+    records, older = suite_records(results_dir, records, include_older)
+    if not records:
+        return f"no records under {results_dir / 'records'}" + (f" ({len(older)} older ones left out)" if older else "")
+    _, default_rank, precision = leaderboard_options(results_dir)
+    text = render_nfe(nfe_tables(records, rank_by or default_rank), fmt, precision)
+    notes = [n for n in (concurrency_note(records, list(TRAIN_COSTS)), older_records_note(older, results_dir)) if n]
+    if notes and fmt in ("markdown", "html"):
+        text += "".join(f"\n\n{n}" if fmt == "markdown" else f"\n<p>{html.escape(n)}</p>" for n in notes)
     return text

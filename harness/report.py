@@ -1,5 +1,6 @@
 """A results directory as a report: the leaderboard, the claims, and the plots people would
-rather look at than read (quality against cost per dataset, training loss curves).
+rather look at than read (quality against cost per dataset, quality against NFE when
+some method was sampled at several NFEs, training loss curves).
 
 Everything is computed from the records, like every table; matplotlib draws off-screen.
 """
@@ -8,10 +9,20 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
-from harness.leaderboard import badness, header, leaderboard, leaderboard_options
+from harness.leaderboard import (
+    NfeTable,
+    badness,
+    header,
+    higher_is_better,
+    leaderboard,
+    leaderboard_options,
+    nfe_tables,
+    render_nfe,
+)
 from harness.results import records_frame, suite_records, write_atomic
 
 
@@ -67,6 +78,113 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path,
     fig.tight_layout(rect=(0, 0.05 * math.ceil(len(handles) / ncol) + 0.05, 1, 1))
     _save(fig, path, dpi=120)
     return path
+
+
+NFE_CAPTION = ("{metric} against NFE per sample (log axis), one panel per dataset, one colour per method and one "
+               "line style per sampler family (the sampler's name without its step count). Lines and shaded bands: "
+               "mean ± one sample standard deviation over seeds (harness.statistics, as in the tables), not a "
+               "confidence interval; stars: adaptive samplers at their mean NFE, with the same spread as an error "
+               "bar (as for a family drawn at one NFE only).")
+
+
+def sampler_family(sampler: str) -> str:
+    """The sampler's name without its step count: euler-4 and euler-8 are one line."""
+    return re.sub(r"-\d+$", "", sampler)
+
+
+def _nfe_points(table: NfeTable) -> list[tuple[str, str, bool, list[tuple[float, float, float]]]]:
+    """(method label, family or adaptive sampler, adaptive, [(NFE, mean, std)] by NFE) for every
+    line and adaptive point of one dataset; finished rows with a value only."""
+    series: dict[tuple[str, str, bool], list[tuple[float, float, float]]] = {}
+    for row in table.rows:
+        for column, cells in row.cells.items():
+            nfe, value = cells.cells["nfe"].mean, cells.cells[table.rank_by]
+            if cells.status != "ok" or nfe is None or value.mean is None or not math.isfinite(value.mean):
+                continue
+            name = column.sampler if column.adaptive else sampler_family(column.sampler)
+            series.setdefault((row.label, name, column.adaptive), []).append((nfe, value.mean, value.std or 0.0))
+    return [(label, name, adaptive, sorted(points)) for (label, name, adaptive), points in series.items()]
+
+
+def quality_vs_nfe_figure(tables: list[NfeTable]) -> Any:
+    """One panel per dataset: the rank metric against NFE (log axis), one line per (method,
+    sampler family) with its band over seeds, adaptive samplers as stars; see NFE_CAPTION."""
+    import numpy as np
+
+    plt = _pyplot()
+    cols = min(3, len(tables))
+    rows = math.ceil(len(tables) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows + 0.6), squeeze=False)
+    series = [_nfe_points(t) for t in tables]
+    methods = sorted({label for points in series for label, *_ in points})
+    families = sorted({name for points in series for _, name, adaptive, _ in points if not adaptive})
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    styles = {f: ("-", "--", ":", "-.")[i % 4] for i, f in enumerate(families)}
+    for ax, table, points in zip(axes.flat, tables, series):
+        for label, name, adaptive, xs in points:
+            x, y, s = (np.array(v, dtype=float) for v in zip(*xs))
+            style = {"color": colours[label], "label": f"{label} · {name}"}
+            if adaptive or len(x) == 1:  # a point: its spread as an error bar
+                ax.errorbar(x, y, yerr=s, marker="*" if adaptive else "o", markersize=11 if adaptive else 4,
+                            linestyle="none", capsize=3, **style)
+            else:
+                ax.plot(x, y, linestyle=styles[name], marker="o", markersize=4, **style)
+                ax.fill_between(x, y - s, y + s, color=colours[label], alpha=0.15, linewidth=0)
+        _nfe_axes(ax, table, [x for *_, xs in points for x in xs])
+    for ax in list(axes.flat)[len(tables):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=colours[m], label=m) for m in methods]
+    if len(families) > 1:
+        handles += [plt.Line2D([], [], color="0.3", linestyle=styles[f], label=f) for f in families]
+    if any(adaptive for points in series for _, _, adaptive, _ in points):
+        handles += [plt.Line2D([], [], color="0.3", marker="*", markersize=9, linestyle="none", label="adaptive")]
+    ncol = min(len(handles), 4 * cols)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8,
+               title="colour: method; bands: mean ± std over seeds", title_fontsize=8)
+    fig.tight_layout(rect=(0, (0.22 * math.ceil(len(handles) / ncol) + 0.3) / (4 * rows + 0.6), 1, 1))
+    return fig
+
+
+def _nfe_axes(ax: Any, table: NfeTable, drawn: list[tuple[float, float, float]]) -> None:
+    """Log NFE axis ticked at the fixed NFEs and the powers of two up to the largest NFE
+    drawn; a log metric axis when the values span more than 30×; the metric's direction
+    in the y label."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    if drawn:
+        nfes, means = [x for x, _, _ in drawn], [y for _, y, _ in drawn]
+        powers = {2**k for k in range(int(math.log2(max(nfes))) + 2) if min(nfes) <= 2**k <= 1.2 * max(nfes)}
+        ax.set_xticks(sorted(powers | {c.nfe for c in table.columns if c.nfe is not None and not c.adaptive}))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if min(means) > 0 and max(means) / min(means) > 30:
+            ax.set_yscale("log")
+    ax.set_xlabel("NFE per sample (log)")
+    direction = "higher" if higher_is_better(table.rank_by) else "lower"
+    ax.set_ylabel(f"{header(table.rank_by)} ({direction} is better)")
+    ax.set_title(table.dataset)
+    ax.grid(alpha=0.3)
+
+
+def plot_quality_vs_nfe(tables: list[NfeTable], path: Path) -> Path | None:
+    """Write :func:`quality_vs_nfe_figure` to ``path``; None when no dataset has an NFE sweep."""
+    sweeps = [t for t in tables if t.is_sweep]
+    if not sweeps:
+        return None
+    _save(quality_vs_nfe_figure(sweeps), path, dpi=120)
+    return path
+
+
+def nfe_section(records: list[dict], rank_by: str, precision: int, out: Path) -> str:
+    """The quality-at-NFE table and plot, when some method was sampled at more than one NFE."""
+    tables = nfe_tables(records, rank_by)
+    if not any(t.is_sweep for t in tables):
+        return ""
+    text = "## Quality at NFE\n\n" + render_nfe(tables, "markdown", precision)
+    if plot_quality_vs_nfe(tables, out / "quality_vs_nfe.png"):
+        text += f"\n\n![{rank_by} against NFE](quality_vs_nfe.png)\n\n" + NFE_CAPTION.format(metric=rank_by)
+    return text
 
 
 def _lowest_seeds(records: list[dict], results_dir: Path, artefact: str, sampler_order: list[str] | None
@@ -357,7 +475,7 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
     frame = records_frame(records)
     suite = read_suite(results_dir)
     order = [s["name"] for s in (suite or {}).get("samplers") or [] if isinstance(s, dict) and "name" in s]
-    metrics, rank_by, _ = leaderboard_options(results_dir)
+    metrics, rank_by, precision = leaderboard_options(results_dir)
     title = f"# {results_dir.name}\n" + (f"\n{suite['description']}\n" if suite and suite.get("description") else "")
     parts = [title, leaderboard(results_dir, "markdown", records=records + older)]  # with the claims
     if plot_by_method(frame, rank_by, out / f"{rank_by}_by_method.png"):
@@ -365,6 +483,8 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
     cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(frame, c)), None)
     if cost and rank_by != cost and plot_quality_vs_cost(frame, rank_by, cost, out / "quality_vs_cost.png", order):
         parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
+    if nfe := nfe_section(records, rank_by, precision, out):
+        parts.append(nfe)
     if plot_samples(records, results_dir, out / "samples.png", sampler_order=order):
         parts.append("![generated samples against the target](samples.png)\n\n" + SAMPLES_CAPTION.format(lines=64))
     if plot_image_grids(records, results_dir, out / "image_samples.png", sampler_order=order):
