@@ -130,5 +130,6 @@ def to_device(batch: Batch, built: Built) -> Batch:
         return None if x is None else x.to(built.device, built.dtype, non_blocking=True)
 
     labels = None if batch.labels is None else batch.labels.to(built.device, non_blocking=True)
-    return Batch(x_0=move(batch.x_0), x_1=move(batch.x_1), weights=move(batch.weights), labels=labels)
+    return Batch(x_0=move(batch.x_0), x_1=move(batch.x_1), weights=move(batch.weights), labels=labels,
+                 path=move(batch.path), times=move(batch.times))
 

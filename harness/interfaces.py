@@ -65,6 +65,13 @@ class Batch:
     Shapes: (batch, *dims). The harness draws them independently (or takes them from a
     teacher's cached pairs); a method's ``prepare`` may re-pair them and attach per-pair
     loss ``weights`` of shape (batch,).
+
+    With a teacher that keeps its trajectories (``teacher.keep: path``), each row also
+    carries the teacher's recorded states from x_0 to x_1: ``path`` of shape
+    (batch, T+1, *dims), with ``path[:, 0] = x_0`` and ``path[:, T] = x_1``, recorded at
+    ``times`` of shape (T+1,), the same for every row (t_0 = 0 < ... < t_T = 1 for a
+    fixed-step sampler). Both are None otherwise. A ``prepare`` that re-pairs rows must
+    carry them with it.
     """
 
     x_0: Tensor
@@ -75,6 +82,8 @@ class Batch:
     # re-orders x_1 must carry the labels with it (today's couplings build new batches
     # without them, so a conditional method sees None after them).
     labels: Tensor | None = None
+    path: Tensor | None = None  # (batch, T+1, *dims): the teacher's states from x_0 to x_1
+    times: Tensor | None = None  # (T+1,): the times of those states, shared by every row
 
 
 @dataclass
@@ -117,7 +126,18 @@ class Method(Protocol):
     -> Tensor``, per-sample log-likelihood in nats of held-out data x, which the model
     metrics ``nll`` and ``bpd`` read (with ``likelihood_convention``, a sentence stating the
     dequantisation); ``autoregressive = True`` for a method that samples by inverting an
-    autoregressive flow with the ``ar-*`` samplers instead of solving an ODE."""
+    autoregressive flow with the ``ar-*`` samplers instead of solving an ODE.
+
+    A student of a teacher sets ``requires_teacher = True`` (the spec must then name a
+    ``teacher:``), and ``teacher_keep = "path"`` when it trains on the teacher's recorded
+    trajectories (the spec must then say ``keep: path``). It may define
+    ``bind_teacher(pairs) -> dict | None``, which the harness calls once before training
+    with the teacher's training pairs (CPU tensors: ``z_0``, ``z_1``, and ``path`` and
+    ``times`` with ``keep: path``); the method may keep what its loss needs (a schedule),
+    and what it returns is merged into the training statistics, which are saved with the
+    model and handed to the evaluation's solvers (``train_stats``). Sampling must not
+    depend on what ``bind_teacher`` kept: a model reloaded from the store is sampled by a
+    method object that never saw the pairs."""
 
     Params: ClassVar[type[Params]]
 

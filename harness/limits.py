@@ -31,6 +31,10 @@ MAX_LIST = 1_000  # entries of a suite's seeds, datasets, methods, samplers, met
 MAX_RUNS = 100_000  # evaluations (trainings x samplers) in one suite
 MAX_THREADS = 1_024
 MIN_TOLERANCE = 1e-12  # adaptive solver tolerances: below this float64 cannot follow
+# A teacher's recorded trajectories (teacher.keep: path) are held whole, in memory and in one
+# cached file: num_pairs × (steps + 1) states, each of the data's dims float32 values.
+MAX_PATH_STATES = MAX_POINTS  # states: checked when the spec is read (the dims are not known yet)
+MAX_PATH_VALUES = 64 * MAX_POINTS  # float32 values, 2.56 GB: checked before the teacher runs
 
 Points = Annotated[int, Field(strict=True, ge=1, le=MAX_POINTS)]
 BatchSize = Annotated[int, Field(strict=True, ge=1, le=MAX_BATCH)]

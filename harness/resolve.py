@@ -15,7 +15,7 @@ from typing import Any
 from harness import registry as reg
 from harness.claims import Claim, parse_relation
 from harness.errors import Loc, SpecError
-from harness.limits import MAX_RUNS
+from harness.limits import MAX_PATH_STATES, MAX_RUNS
 from harness.registry import did_you_mean
 from harness.source import KeyPath, Source, display_path, load_yaml, parse_yaml
 from harness.spec import (
@@ -231,6 +231,13 @@ class Resolver:
                 "optimizer": self._component(reg.OPTIMIZERS, latent, "optimizer", spec.latent.optimizer)})
         if spec.teacher is not None:
             update["teacher"] = self._teacher(spec, source)
+            keep = getattr(reg.METHODS.get(spec.implementation), "teacher_keep", "endpoints")
+            if keep == "path" and spec.teacher.keep != "path":
+                raise SpecError(
+                    f"teacher: method implementation {spec.implementation!r} trains on the teacher's recorded "
+                    "trajectories: add keep: path to teacher:",
+                    source.loc(("teacher", "keep") if "keep" in (source.data.get("teacher") or {}) else ("teacher",)),
+                )
         elif needs_teacher:
             raise SpecError(
                 f"method implementation {spec.implementation!r} trains on a teacher's pairs: "
@@ -289,7 +296,27 @@ class Resolver:
             sampler = self.resolve_ref("samplers", teacher.sampler, source, ("teacher", "sampler"))
         finally:
             self._teacher_chain.pop()
+        if teacher.keep == "path":
+            self._check_path_size(teacher, sampler, source)
         return teacher.model_copy(update={"method": method, "sampler": sampler})
+
+    @staticmethod
+    def _check_path_size(teacher: TeacherSpec, sampler: SamplerSpec, source: Source) -> None:
+        """``keep: path`` holds num_pairs × (steps + 1) recorded states: the sampler needs a
+        fixed number of steps, and the states are bounded (the dims are checked before the
+        teacher runs, once the data's shape is known)."""
+        steps = sampler.params.get("steps")
+        if not isinstance(steps, int) or isinstance(steps, bool):
+            raise SpecError(f"teacher.keep: path records the teacher's states on a fixed grid, and sampler "
+                            f"{sampler.name!r} ({sampler.solver}) has no fixed number of steps; use a fixed-step "
+                            "sampler such as euler-100", source.loc(("teacher", "sampler")))
+        states = teacher.num_pairs * (steps + 1)
+        if states > MAX_PATH_STATES:
+            where = ("teacher", "num_pairs") if "num_pairs" in (source.data.get("teacher") or {}) else ("teacher",)
+            raise SpecError(f"teacher.num_pairs: keep: path stores num_pairs x (steps + 1) = {teacher.num_pairs} x "
+                            f"{steps + 1} = {states} recorded states, more than {MAX_PATH_STATES} "
+                            "(harness.limits.MAX_PATH_STATES); lower num_pairs or the sampler's steps",
+                            source.loc(where))
 
     def _component(self, registry: reg.Registry, source: Source, key: str, data: dict) -> dict:
         """A ``{name: ..., **params}`` mapping such as ``network:`` or ``optimizer:``."""

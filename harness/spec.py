@@ -80,6 +80,12 @@ class TeacherSpec(StrictModel):
     sampler: str | dict[str, Any] | SamplerSpec = Field("euler-100", description="how the teacher generates z_1")
     num_pairs: Points = 10000
     init: Literal["scratch", "teacher"] = Field("scratch", description="initialise from the teacher's weights")
+    keep: Literal["endpoints", "path"] = added(
+        "endpoints", added_in="issue 14", description="what the cached pairs keep of the teacher's solve: its "
+        "endpoints (z_0, z_1), or with 'path' also every recorded state on the sampler's fixed grid, "
+        "(num_pairs, steps + 1, *dims), and their times: the training batches then carry them (Batch.path, "
+        "Batch.times). Needs a fixed-step sampler; its size is bounded (harness.limits.MAX_PATH_STATES, "
+        "MAX_PATH_VALUES)")
 
 
 class LatentSpec(StrictModel):

@@ -164,7 +164,7 @@ class BatchStream:
     def next(self) -> Batch:
         if self.pairs is not None:
             idx = self._indices(len(self.pairs.z_0))
-            return Batch(x_0=self.pairs.z_0[idx], x_1=self.pairs.z_1[idx])
+            return self.pairs.batch(idx)
         labels = None
         if self.split is None:
             x_1 = self.dataset.sample_target(self.batch_size, self.gen)
@@ -218,11 +218,31 @@ class PreparedBatches:
 
 @dataclass
 class Pairs:
-    """A teacher's generated pairs: z_1 is the teacher's sample from source noise z_0."""
+    """A teacher's generated pairs: z_1 is the teacher's sample from source noise z_0.
+
+    With ``teacher.keep: path`` also the teacher's recorded states between them, ``path``
+    (num_pairs, T+1, *dims) float32 with ``path[:, 0] = z_0`` and ``path[:, T] = z_1``, at
+    ``times`` (T+1,) float64."""
 
     z_0: torch.Tensor
     z_1: torch.Tensor
     stats: dict[str, Any]
+    path: torch.Tensor | None = None
+    times: torch.Tensor | None = None
+
+    def batch(self, idx: torch.Tensor | slice) -> Batch:
+        """The rows ``idx`` as a training batch (their paths with them, when kept)."""
+        path = None if self.path is None else self.path[idx]
+        return Batch(x_0=self.z_0[idx], x_1=self.z_1[idx], path=path, times=self.times)
+
+
+def bind_teacher(method: Any, pairs: Pairs | None) -> dict[str, Any]:
+    """Hand a student its teacher's training pairs once, before training, where it wants
+    them (``bind_teacher(pairs)``); what it returns joins the training statistics."""
+    hook = getattr(method, "bind_teacher", None)
+    if pairs is None or hook is None:
+        return {}
+    return dict(hook(pairs) or {})
 
 
 class Validation:
@@ -234,7 +254,10 @@ class Validation:
     source and target draws, or, for a student of a teacher, ``pairs`` the teacher
     generated from source noise of their own stream. (A reflow student scored on
     independent pairs would be scored on the 1-rectified-flow objective, which it fits
-    worse the straighter it gets, and early stopping would keep its first weights.)"""
+    worse the straighter it gets, and early stopping would keep its first weights.) The
+    teacher's held-out pairs carry their recorded paths when the teacher keeps them, so a
+    student that trains on paths is scored on its own loss, with what ``bind_teacher``
+    kept from the training pairs (a schedule), not on a stand-in."""
 
     def __init__(self, job: TrainJob, built: Built, pairs: Pairs | None = None):
         self.spec = job.budget.early_stopping
@@ -243,15 +266,13 @@ class Validation:
         if pairs is not None:
             if len(pairs.z_0) != n:
                 raise ValueError(f"validation needs {n} teacher pairs, got {len(pairs.z_0)}")
-            x_0, x_1 = pairs.z_0, pairs.z_1
         else:
             gen = generator(job.seed, "validation")
-            x_0 = built.space.sample_source(n, gen)
-            x_1 = built.space.sample_target(n, gen)
+            pairs = Pairs(built.space.sample_source(n, gen), built.space.sample_target(n, gen), {})
         prepare = getattr(built.method, "prepare", None)
         self.batches = []
         for i in range(0, n, bs):
-            batch = Batch(x_0=x_0[i:i + bs], x_1=x_1[i:i + bs])
+            batch = pairs.batch(slice(i, i + bs))
             if prepare is not None:
                 batch = prepare(batch, generator(job.seed, f"validation-prepare/{i}"))
             self.batches.append(to_device(batch, built))
@@ -298,7 +319,8 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     The seconds budget stops before a step that would end past it (by the mean step time so
     far), so training wall time stays within it; the first step always runs.
 
-    ``pairs``: a teacher's training pairs; ``val_pairs``: its held-out pairs, which early
+    ``pairs``: a teacher's training pairs, first handed to the method's ``bind_teacher``
+    (what it returns joins the statistics); ``val_pairs``: its held-out pairs, which early
     stopping then scores on (required when a run with a teacher stops early).
 
     The method spec's ``grad_clip`` clips before, its ``warmup_steps`` schedule and ``ema``
@@ -345,6 +367,7 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
                leave=False, disable=not (progress and sys.stderr.isatty()), unit="step")
     if budget.early_stopping is not None and pairs is not None and val_pairs is None:
         raise ValueError("early stopping of a run with a teacher needs held-out teacher pairs (val_pairs)")
+    bound = bind_teacher(built.method, pairs)
     validation = Validation(job, built, val_pairs) if budget.early_stopping is not None else None
     network.train()
     start = time.perf_counter()
@@ -406,6 +429,10 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     }
     if pairs is not None:
         stats["teacher_pairs"] = pairs.stats
+    clash = sorted(set(bound) & set(stats))
+    if clash:
+        raise ValueError(f"bind_teacher returned statistics the harness keeps itself: {', '.join(clash)}")
+    stats.update(bound)
     if val_pairs is not None:
         stats["validation_pairs"] = val_pairs.stats
     if clip is not None:

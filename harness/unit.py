@@ -7,6 +7,7 @@ The executors (inline, process) run units; the runner decides which units a plan
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from harness.codeversion import record_code
 from harness.environment import environment
 from harness.errors import StorageError
 from harness.evaluation import evaluate
+from harness.interfaces import Solution
+from harness.limits import MAX_PATH_VALUES
 from harness.measure import NFECounter
 from harness.plan import EvalJob, TrainJob, canonical, spec_hash
 from harness.results import RECORD_SCHEMA, record_path, write_atomic, write_json_atomic
@@ -127,19 +130,27 @@ class Unit:
         """The teacher's (z_0, z_1) pairs: loaded when cached, else generated and cached.
 
         ``purpose`` "training": the spec's ``num_pairs`` pairs the student trains on;
-        "validation": ``num_pairs`` held-out pairs from source noise of another stream."""
+        "validation": ``num_pairs`` held-out pairs from source noise of another stream.
+        With ``keep: path`` the teacher's sampler records its states and the pairs keep
+        them, ``path`` (num_pairs, T+1, *dims) float32, at ``times`` (T+1,)."""
         spec = job.method.teacher
         teacher = job.teacher
         num_pairs = spec.num_pairs if num_pairs is None else num_pairs
+        keep_path = spec.keep == "path"
         stream = "teacher-pairs" if purpose == "training" else f"{purpose}-teacher-pairs"
         parts = {"teacher": teacher.key, "sampler": canonical(spec.sampler), "num_pairs": num_pairs}
+        if keep_path:  # only then: the keys of endpoint pairs cached before ``keep`` existed stay
+            parts["keep"] = spec.keep
         key = spec_hash(parts if purpose == "training" else {**parts, "purpose": purpose})
         path = self.store.path("pairs", f"{teacher.key}__{key}.pt")
         if path.is_file():
             data = torch.load(path, map_location="cpu", weights_only=True)
-            return Pairs(data["z_0"], data["z_1"], {**json.loads(data["stats"]), "reused": True})
+            return Pairs(data["z_0"], data["z_1"], {**json.loads(data["stats"]), "reused": True},
+                         data.get("path"), data.get("times"))
         built = build(teacher, device, self.store)
         self.load_weights(teacher, built.network, device)
+        if keep_path:
+            check_path_size(num_pairs, spec.sampler.params["steps"], built.space.shape)
         solver_cls = reg.SOLVERS.get(spec.sampler.solver)
         solver = solver_cls(solver_cls.Params.model_validate(spec.sampler.params))
         z_0 = built.dataset.sample_source(num_pairs, generator(job.seed, stream))
@@ -148,15 +159,20 @@ class Unit:
         start = time.perf_counter()
         with torch.no_grad(), autocast(teacher.hardware, device):
             solution = built.method.sample(counter, z_0.to(device, built.dtype), solver,
-                                           generator(job.seed, f"{stream}-method", device))
+                                           generator(job.seed, f"{stream}-method", device), record=keep_path)
         z_1 = solution.x.detach().to("cpu", torch.float32)
         if not torch.isfinite(z_1).all():
             raise RuntimeError(f"teacher {teacher.label} generated non-finite pairs")
         stats = {"teacher_key": teacher.key, "teacher": teacher.method.name, "sampler": spec.sampler.name,
                  "num_pairs": num_pairs, "nfe": counter.nfe(num_pairs),
                  "seconds": time.perf_counter() - start, "reused": False}
-        write_atomic(path, lambda f: torch.save({"z_0": z_0, "z_1": z_1, "stats": json.dumps(stats)}, f))
-        return Pairs(z_0, z_1, stats)
+        data = {"z_0": z_0, "z_1": z_1}
+        if keep_path:
+            data["path"], data["times"] = recorded_path(solution, teacher.label)
+            stats["keep"] = "path"
+            stats["path_shape"] = list(data["path"].shape)
+        write_atomic(path, lambda f: torch.save({**data, "stats": json.dumps(stats)}, f))
+        return Pairs(z_0, z_1, stats, data.get("path"), data.get("times"))
 
     def write(self, job: EvalJob, status: str, metrics: dict, measurements: dict, train_stats: dict,
                error: str | None = None, artefacts: dict | None = None) -> None:
@@ -181,6 +197,27 @@ class Unit:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         write_json_atomic(record_path(self.results_dir, job.key, job.label), record)
+
+
+def check_path_size(num_pairs: int, steps: int, shape: tuple[int, ...]) -> None:
+    """Refuse, before the teacher runs, trajectories larger than MAX_PATH_VALUES values."""
+    values = num_pairs * (steps + 1) * math.prod(shape)
+    if values > MAX_PATH_VALUES:
+        raise ValueError(f"teacher.keep: path would store num_pairs x (steps + 1) x dims = {num_pairs} x {steps + 1} "
+                         f"x {math.prod(shape)} = {values} float32 values, more than {MAX_PATH_VALUES} "
+                         f"({MAX_PATH_VALUES * 4 / 1e9:.2f} GB, harness.limits.MAX_PATH_VALUES); lower "
+                         "teacher.num_pairs or the teacher sampler's steps")
+
+
+def recorded_path(solution: Solution, label: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(path (N, T+1, *dims) float32 on the CPU, times (T+1,) float64) of a recorded solve."""
+    if not solution.trajectory or len(solution.trajectory) != len(solution.times):
+        raise RuntimeError(f"teacher {label} recorded {len(solution.trajectory)} states at {len(solution.times)} "
+                           "times: keep: path needs its sampler to record the whole trajectory")
+    path = torch.stack([x.detach().to("cpu", torch.float32) for x in solution.trajectory], dim=1)
+    if not torch.isfinite(path).all():
+        raise RuntimeError(f"teacher {label} recorded non-finite states")
+    return path, torch.tensor(solution.times, dtype=torch.float64)
 
 
 def _error(err: BaseException) -> str:

@@ -56,13 +56,15 @@ MAX_K_MAX = 2_000  # fine-grid intervals of the BOSS reference: the cost matrix 
 def bellman_costs(states: np.ndarray, times: np.ndarray) -> np.ndarray:
     """The jump costs c[i][j] (K_max+1, K_max+1) from a fine Euler reference.
 
-    ``states``: (N, K_max+1, D), the reference trajectories at ``times`` (K_max+1,). Entries
-    with j ≤ i are +inf (no jump backwards or in place)."""
+    ``states``: (N, K_max+1, *dims), the reference trajectories at ``times`` (K_max+1,); an
+    image's dimensions are flattened. Entries with j ≤ i are +inf (no jump backwards or in
+    place)."""
     states = np.asarray(states, dtype=np.float64)
     times = np.asarray(times, dtype=np.float64)
     n_nodes = len(times)
-    if states.ndim != 3 or states.shape[1] != n_nodes:
-        raise ValueError(f"states must be (N, {n_nodes}, D), got {states.shape}")
+    if states.ndim < 3 or states.shape[1] != n_nodes:
+        raise ValueError(f"states must be (N, {n_nodes}, *dims), got {states.shape}")
+    states = states.reshape(len(states), n_nodes, -1)
     velocity = np.diff(states, axis=1) / np.diff(times)[None, :, None]  # v at nodes 0..K_max-1
     cost = np.full((n_nodes, n_nodes), np.inf)
     for i in range(n_nodes - 1):

@@ -18,6 +18,7 @@ import implementations  # noqa: F401  (fills the registries)
 from harness.interfaces import Batch, Dataset, Method, Solution, Solver
 from harness.measure import NFECounter
 from harness.registry import DATASETS, METHODS, NETWORKS, OPTIMIZERS, SOLVERS
+from harness.training import Pairs
 from implementations.networks.mlp import MLP, MLPParams, SinusoidalEmbedding
 from tests.conftest import expected_calls
 
@@ -26,7 +27,7 @@ DATASET_PARAMS: dict[str, dict] = {"toy2d": {"target": "moons"}}
 NETWORK_PARAMS: dict[str, dict] = {"mlp": {"width": 32, "depth": 2}, "unet": {"channels": 8, "channel_mult": [1, 2]},
                                    "dit": {"hidden": 16, "depth": 1, "heads": 2, "patch_size": 2},
                                    "tarflow": {"patch_size": 4, "channels": 16, "blocks": 2, "layers": 1, "head_dim": 8}}
-METHOD_PARAMS: dict[str, dict] = {}
+METHOD_PARAMS: dict[str, dict] = {"boss_straighten": {"steps": 2, "reference_samples": 8}}
 SOLVER_PARAMS: dict[str, dict] = {"euler": {"steps": 4}, "midpoint": {"steps": 4}, "heun": {"steps": 4},
                                   "rk4": {"steps": 4}, "dopri5": {}, "ar-sequential": {},
                                   "ar-jacobi": {"max_iterations": 3}, "ar-gs-jacobi": {"groups": 2}}
@@ -80,6 +81,19 @@ def batch_from(dataset, generator: torch.Generator, n: int = BATCH) -> Batch:
     return Batch(x_0=dataset.sample_source(n, generator), x_1=dataset.sample_target(n, generator))
 
 
+PATH_STEPS = 8
+
+
+def with_path(batch: Batch) -> Batch:
+    """The batch with a recorded teacher trajectory between each pair, for methods that
+    train on one (``teacher_keep = "path"``): a bent line from x_0 to x_1 on a uniform grid."""
+    times = torch.linspace(0, 1, PATH_STEPS + 1, dtype=torch.float64)
+    t = times.to(batch.x_0.dtype).reshape(1, -1, *[1] * (batch.x_0.ndim - 1))
+    x_0, x_1 = batch.x_0.unsqueeze(1), batch.x_1.unsqueeze(1)
+    path = (1 - t) * x_0 + t * x_1 + t * (1 - t) * torch.sin(3 * x_0)
+    return Batch(x_0=batch.x_0, x_1=batch.x_1, path=path, times=times)
+
+
 @pytest.mark.parametrize("solver_name", SOLVERS.names())
 @pytest.mark.parametrize("network_name", NETWORKS.names())
 @pytest.mark.parametrize("dataset_name", DATASETS.names())
@@ -105,6 +119,10 @@ def test_conformance(method_name, dataset_name, network_name, solver_name):
     for step in range(TRAIN_STEPS):
         batch = batch_from(dataset, g, n_batch)
         assert batch.x_0.shape == batch.x_1.shape == (n_batch, *dataset.shape)
+        if getattr(method, "teacher_keep", "endpoints") == "path":
+            batch = with_path(batch)
+        if step == 0 and hasattr(method, "bind_teacher"):  # the harness hands it the teacher's pairs once
+            method.bind_teacher(Pairs(batch.x_0, batch.x_1, {}, batch.path, batch.times))
         if hasattr(method, "prepare"):
             batch = method.prepare(batch, g)
             assert batch.x_0.shape == batch.x_1.shape == (n_batch, *dataset.shape)

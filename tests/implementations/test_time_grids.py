@@ -71,6 +71,12 @@ def test_jump_costs_follow_their_definition():
         assert np.all(np.isinf(cost[i, :i + 1]))
 
 
+def test_image_states_cost_what_their_flattened_states_cost():
+    times = np.linspace(0, 1, 6)
+    images = np.random.default_rng(3).normal(size=(4, 6, 1, 3, 3))
+    assert np.array_equal(bellman_costs(images, times), bellman_costs(images.reshape(4, 6, 9), times))
+
+
 def test_a_straight_flow_costs_nothing_and_a_curved_one_gets_its_steps_where_it_bends():
     times = np.linspace(0, 1, 101)
     x_0, x_1 = np.random.default_rng(2).normal(size=(2, 8, 3))
