@@ -476,27 +476,36 @@ TRAIN_COSTS = ("train_steps_per_s", "train_time")  # metric names: their headers
 
 @dataclass(frozen=True)
 class NfeColumn:
-    """A column of the quality-at-NFE view: one sampler at one NFE per sample (counted at
-    the network, rounded to an integer), or an adaptive sampler whose cells state their
-    own mean NFE. Columns are keyed by sampler as well as NFE, so euler-4 and a 4-step
-    custom grid never share a column."""
+    """A column of the quality-at-NFE view: an NFE per sample (counted at the network,
+    rounded to an integer), or an adaptive sampler whose cells state their own mean NFE."""
 
-    sampler: str
+    sampler: str | None  # the adaptive sampler; None for a fixed-NFE column
     nfe: int | None  # None: adaptive, or not measured (every seed failed)
     adaptive: bool = False
 
     @property
     def label(self) -> str:
-        """"4 (euler-4)", "adaptive (dopri5)"; "? (heun-8)" when no seed measured it."""
-        nfe = "adaptive" if self.adaptive else "?" if self.nfe is None else str(self.nfe)
-        return f"{nfe} ({self.sampler})"
+        """"4", "adaptive (dopri5)"; "?" when no seed measured it."""
+        if self.adaptive:
+            return f"adaptive ({self.sampler})"
+        return "?" if self.nfe is None else str(self.nfe)
+
+
+def sampler_family(sampler: str) -> str:
+    """The sampler's name without its step count: euler-4 and euler-8 are one family (one
+    row of the NFE view, one line of its plot); boss-4 is another."""
+    return re.sub(r"-\d+$", "", sampler)
+
+
+ONE_STEP = "any (one-step map)"
 
 
 @dataclass
 class NfeRow:
     method: str
     variant: str
-    cells: dict[NfeColumn, Row]  # the leaderboard's row of this method under each column's sampler
+    family: str  # the samplers of this row: sampler_family, or ONE_STEP
+    cells: dict[NfeColumn, Row]  # the leaderboard's row of this method and family under each column
     train: dict[str, Cell]  # TRAIN_COSTS over the method's trained models, one per seed
 
     @property
@@ -520,7 +529,11 @@ class NfeTable:
     def is_sweep(self) -> bool:
         """Whether some method was sampled at more than one NFE (an adaptive sampler's is
         its own; two samplers at one fixed NFE are one)."""
-        return any(len({c.sampler if c.adaptive else c.nfe for c in row.cells}) > 1 for row in self.rows)
+        methods: dict[tuple[str, str], set] = {}
+        for row in self.rows:
+            methods.setdefault((row.method, row.variant), set()).update(
+                c.sampler if c.adaptive else c.nfe for c in row.cells)
+        return any(len(nfes) > 1 for nfes in methods.values())
 
 
 def summary_cell(values: list[float | None]) -> Cell:
@@ -584,14 +597,14 @@ def _nfe_column(row: Row, adaptive: set[str], known: dict[str, set[int]]) -> Nfe
     if row.sampler in adaptive:
         return NfeColumn(row.sampler, None, adaptive=True)
     if row.cells["nfe"].mean is not None:
-        return NfeColumn(row.sampler, round(row.cells["nfe"].mean))
+        return NfeColumn(None, round(row.cells["nfe"].mean))
     others = known.get(row.sampler, set())
-    return NfeColumn(row.sampler, next(iter(others)) if len(others) == 1 else None)
+    return NfeColumn(None, next(iter(others)) if len(others) == 1 else None)
 
 
 def _column_order(column: NfeColumn) -> tuple:
     """Fixed NFE ascending, then columns of unknown NFE, adaptive samplers last."""
-    return (column.adaptive, column.nfe is None, column.nfe or 0, column.sampler)
+    return (column.adaptive, column.nfe is None, column.nfe or 0, column.sampler or "")
 
 
 def _mark_best_per_column(table: NfeTable) -> None:
@@ -608,21 +621,46 @@ def _mark_best_per_column(table: NfeTable) -> None:
             winners[0].best = True
 
 
+def _one_step(rows: list[Row], adaptive: set[str]) -> bool:
+    """Whether every sampler of a method measured NFE 1: a one-step map, which ignores the
+    sampler (its samplers' rows are the same samples)."""
+    nfes = [r.cells["nfe"].mean for r in rows if r.sampler not in adaptive]
+    return bool(nfes) and all(n is not None and round(n) == 1 for n in nfes)
+
+
 def _nfe_table(table: Table, counted: set[str], costs: dict, ranked: bool) -> NfeTable:
-    """One leaderboard table pivoted to one row per (method, variant), one column per
-    (NFE, sampler); rows in the order of their best entry in the ranked leaderboard."""
+    """One leaderboard table pivoted to one row per (method, variant, sampler family), one
+    column per NFE (adaptive samplers in columns of their own, on the method's first row);
+    a one-step map gets one row. Rows in the order of their best entry in the ranked
+    leaderboard."""
     adaptive = _adaptive_samplers(table.rows, counted)
     known: dict[str, set[int]] = {}
-    for row in table.rows:
-        if row.sampler not in adaptive and row.cells["nfe"].mean is not None:
-            known.setdefault(row.sampler, set()).add(round(row.cells["nfe"].mean))
-    rows: dict[tuple[str, str], NfeRow] = {}
+    by_method: dict[tuple[str, str], list[Row]] = {}
     for row in table.rows:
         row.cells[table.rank_by].best = False  # the leaderboard marks the dataset's best; here each column's
-        slot = (row.method, row.variant)
-        if slot not in rows:
-            rows[slot] = NfeRow(row.method, row.variant, {}, costs.get((table.dataset, *slot), {}))
-        rows[slot].cells[_nfe_column(row, adaptive, known)] = row
+        by_method.setdefault((row.method, row.variant), []).append(row)
+        if row.sampler not in adaptive and row.cells["nfe"].mean is not None:
+            known.setdefault(row.sampler, set()).add(round(row.cells["nfe"].mean))
+    rows: dict[tuple[str, str, str], NfeRow] = {}
+    for (method, variant), method_rows in by_method.items():
+        one_step = _one_step(method_rows, adaptive)
+        first = None
+        # uniform Euler's row first; adaptive samplers last, in the first row
+        for row in sorted(method_rows, key=lambda r: (r.sampler in adaptive, sampler_family(r.sampler) != "euler")):
+            column = _nfe_column(row, adaptive, known)
+            family = ONE_STEP if one_step else sampler_family(row.sampler)
+            if column.adaptive:  # beside the method's first fixed-NFE row
+                family = first or family
+            slot = (method, variant, family)
+            first = first or (None if column.adaptive else family)
+            if slot not in rows:
+                rows[slot] = NfeRow(method, variant, family, {}, costs.get((table.dataset, method, variant), {}))
+            if column in rows[slot].cells:  # a second sampler of one family at one NFE
+                if one_step:
+                    continue  # the same samples: keep the first sampler's
+                slot = (method, variant, row.sampler)
+                rows.setdefault(slot, NfeRow(method, variant, row.sampler, {}, rows[(method, variant, family)].train))
+            rows[slot].cells[column] = row
     columns = sorted({c for r in rows.values() for c in r.cells}, key=_column_order)
     nfe = NfeTable(table.dataset, table.rank_by, columns, list(rows.values()),
                    [n for n in table.notes if n.startswith(table.rank_by)])
@@ -656,9 +694,10 @@ def nfe_tables(records: list[dict], rank_by: str) -> list[NfeTable]:
     return build_nfe_tables(frame, records, rank_by, variant_labels(records))
 
 
-NFE_LEGEND = ("Columns: NFE per sample, counted at the network, and the sampler that reached it (one column per "
-              "sampler: two samplers at one NFE stay apart); adaptive: the solver sets its own NFE, and each cell "
-              "gives its mean. Training cost: per trained model (shared by its samplers), the first step "
+NFE_LEGEND = ("Columns: NFE per sample, counted at the network; rows: a method with one family of samplers (euler: "
+              "uniform steps; boss: BOSS's Bellman grids; the sampler's name without its step count), so two "
+              "samplers at one NFE stay apart; a one-step map, which ignores the sampler, has one row. adaptive: "
+              "the solver sets its own NFE, and each cell gives its mean. Training cost: per trained model (shared by its samplers), the first step "
               "excluded. All cells mean ± std over seeds; n/m: only n of m seeds finished.")
 
 
@@ -677,7 +716,7 @@ def _nfe_cell_text(row: Row | None, column: NfeColumn, rank_by: str, precision: 
 def _nfe_body(table: NfeTable, precision: int, escape: Callable[[str], str],
               strong: Callable[[str], str]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells, escaped with ``escape``; a column's best value through ``strong``."""
-    headers = ["method", "seeds", *[c.label for c in table.columns], *[header(m) for m in TRAIN_COSTS]]
+    headers = ["method", "sampler", "seeds", *[c.label for c in table.columns], *[header(m) for m in TRAIN_COSTS]]
     body = []
     for row in table.rows:
         cells = []
@@ -686,7 +725,7 @@ def _nfe_body(table: NfeTable, precision: int, escape: Callable[[str], str],
             best = column in row.cells and row.cells[column].cells[table.rank_by].best
             cells.append((strong(escape(value)) if best else escape(value)) + escape(extra))
         costs = [format_mean_std(c.mean, c.std, precision) if (c := row.train.get(m)) else "—" for m in TRAIN_COSTS]
-        body.append([escape(row.label), str(row.seeds), *cells, *map(escape, costs)])
+        body.append([escape(row.label), escape(row.family), str(row.seeds), *cells, *map(escape, costs)])
     return [escape(h) for h in headers], body
 
 
@@ -704,13 +743,13 @@ def render_nfe(tables: list[NfeTable], fmt: str = "markdown", precision: int = 4
                  "in bold)")
         if fmt == "markdown":
             headers, body = _nfe_body(table, precision, str, lambda s: f"**{s}**" if s else s)
-            align = ("left", "right", *["right"] * (len(headers) - 2))
+            align = ("left", "left", "right", *["right"] * (len(headers) - 3))
             grid = tabulate(body, headers, tablefmt="github", disable_numparse=True, colalign=align)
             parts.append(f"### {title}\n\n{grid}\n\n{NFE_LEGEND}" + "".join(f"\n\n{note}" for note in table.notes))
         elif fmt == "latex":
             headers, body = _nfe_body(table, precision, latex.escape, lambda s: r"\textbf{" + s + "}" if s else s)
             caption = latex.escape(f"{title}. {NFE_LEGEND}")
-            parts.append(latex.tabular(headers, body, "lr" + "r" * (len(headers) - 2), caption,
+            parts.append(latex.tabular(headers, body, "llr" + "r" * (len(headers) - 3), caption,
                                        "tab:nfe-" + re.sub(r"[^A-Za-z0-9:-]", "-", table.dataset)))
         else:
             headers, body = _nfe_body(table, precision, html.escape, lambda s: f"<b>{s}</b>" if s else s)
@@ -737,7 +776,7 @@ def _render_nfe_csv(tables: list[NfeTable]) -> str:
             for column in table.columns:
                 if (cell := row.cells.get(column)) is None:
                     continue
-                writer.writerow([table.dataset, row.label, column.label, column.sampler, column.adaptive,
+                writer.writerow([table.dataset, row.label, column.label, cell.sampler, column.adaptive,
                                  raw(cell.cells["nfe"])[0], cell.seeds, cell.status, *raw(cell.cells[rank_by]), *costs])
     return out.getvalue().rstrip("\n")
 

@@ -87,11 +87,6 @@ NFE_CAPTION = ("{metric} against NFE per sample (log axis), one panel per datase
                "bar (as for a family drawn at one NFE only).")
 
 
-def sampler_family(sampler: str) -> str:
-    """The sampler's name without its step count: euler-4 and euler-8 are one line."""
-    return re.sub(r"-\d+$", "", sampler)
-
-
 def _nfe_points(table: NfeTable) -> list[tuple[str, str, bool, list[tuple[float, float, float]]]]:
     """(method label, family or adaptive sampler, adaptive, [(NFE, mean, std)] by NFE) for every
     line and adaptive point of one dataset; finished rows with a value only."""
@@ -101,7 +96,7 @@ def _nfe_points(table: NfeTable) -> list[tuple[str, str, bool, list[tuple[float,
             nfe, value = cells.cells["nfe"].mean, cells.cells[table.rank_by]
             if cells.status != "ok" or nfe is None or value.mean is None or not math.isfinite(value.mean):
                 continue
-            name = column.sampler if column.adaptive else sampler_family(column.sampler)
+            name = column.sampler if column.adaptive else row.family
             series.setdefault((row.label, name, column.adaptive), []).append((nfe, value.mean, value.std or 0.0))
     return [(label, name, adaptive, sorted(points)) for (label, name, adaptive), points in series.items()]
 

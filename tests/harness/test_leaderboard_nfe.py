@@ -1,5 +1,6 @@
-"""The quality-at-NFE view: one row per method, one column per (NFE, sampler), adaptive
-samplers last with their mean NFE, and each method's training cost."""
+"""The quality-at-NFE view: one row per (method, sampler family), one column per NFE,
+adaptive samplers last with their mean NFE, one row for a one-step map, and each method's
+training cost."""
 
 from __future__ import annotations
 
@@ -29,21 +30,27 @@ SWEEP = [
 
 
 def by_label(table):
-    return {row.label: {c.label: cell for c, cell in row.cells.items()} for row in table.rows}
+    """{method: {column: cell}} of the rows of uniform samplers (family "euler"), the adaptive
+    column included; other families under "method/family"."""
+    out: dict = {}
+    for row in table.rows:
+        name = row.label if row.family in ("euler", "dopri5") else f"{row.label}/{row.family}"
+        out.setdefault(name, {}).update({c.label: cell for c, cell in row.cells.items()})
+    return out
 
 
 def test_cells_are_the_leaderboards_mean_and_std_over_seeds_at_each_nfe():
     (table,) = nfe_tables(SWEEP, "w2")
-    assert [c.label for c in table.columns] == ["1 (euler-1)", "4 (euler-4)", "adaptive (dopri5)"]
+    assert [c.label for c in table.columns] == ["1", "4", "adaptive (dopri5)"]
     cells = by_label(table)
-    a1 = cells["a"]["1 (euler-1)"].cells["w2"]
+    a1 = cells["a"]["1"].cells["w2"]
     assert a1.mean == 2.0 and a1.std == pytest.approx(2**0.5) and a1.n == 2
-    assert cells["b"]["4 (euler-4)"].cells["w2"].mean == pytest.approx(1.0)
+    assert cells["b"]["4"].cells["w2"].mean == pytest.approx(1.0)
     assert "adaptive (dopri5)" not in cells["b"]  # b was not sampled adaptively: a blank cell
     # rows in the order of their best entry in the ranked leaderboard: a's dopri5 (0.3) first
     assert [row.label for row in table.rows] == ["a", "b"]
     md = render_nfe([table], "markdown")
-    header = "| method | seeds | 1 (euler-1) | 4 (euler-4) | adaptive (dopri5) | train_steps_per_s"
+    header = "| method | sampler | seeds | 1 | 4 | adaptive (dopri5) | train_steps_per_s"
     assert header in " ".join(md.split())
     assert "2.0 ± 1.4" in md and "**1.00 ± 0.28**" in md  # b is best at NFE 1, in bold
     assert "**0.60 ± 0.14**" in md  # a is best at NFE 4
@@ -53,6 +60,7 @@ def test_the_adaptive_column_comes_last_and_states_its_mean_nfe():
     (table,) = nfe_tables(SWEEP, "w2")
     adaptive = table.columns[-1]
     assert adaptive == NfeColumn("dopri5", None, adaptive=True)
+    assert table.columns[0] == NfeColumn(None, 1)
     cell = by_label(table)["a"]["adaptive (dopri5)"]
     assert cell.cells["nfe"].mean == 85.0 and cell.cells["w2"].mean == pytest.approx(0.3)
     assert "**0.30 ± 0.14** (NFE 85)" in render_nfe([table], "markdown")
@@ -60,18 +68,32 @@ def test_the_adaptive_column_comes_last_and_states_its_mean_nfe():
     (table,) = nfe_tables([record("a", "ar-jacobi", 0, 1.0, 40.0), record("a", "ar-jacobi", 1, 1.0, 44.0),
                            record("a", "ar-sequential", 0, 1.0, 60.0), record("a", "ar-sequential", 1, 1.0, 60.0)],
                           "w2")
-    assert [c.label for c in table.columns] == ["60 (ar-sequential)", "adaptive (ar-jacobi)"]
+    assert [c.label for c in table.columns] == ["60", "adaptive (ar-jacobi)"]
+    assert [(row.family, [c.label for c in row.cells]) for row in table.rows] == [
+        ("ar-sequential", ["60", "adaptive (ar-jacobi)"])]  # the adaptive cell beside the method's first row
 
 
-def test_two_samplers_at_one_nfe_stay_in_columns_of_their_own():
-    records = [*SWEEP, record("a", "boss-4", 0, 0.3, 4.0), record("a", "boss-4", 1, 0.35, 4.0)]
+def test_two_samplers_at_one_nfe_stay_in_rows_of_their_own():
+    records = [*SWEEP, record("a", "boss-4", 0, 0.3, 4.0), record("a", "boss-4", 1, 0.35, 4.0),
+               record("a", "boss-2", 0, 0.5, 2.0), record("a", "boss-2", 1, 0.5, 2.0)]
     (table,) = nfe_tables(records, "w2")
-    assert [c.label for c in table.columns] == ["1 (euler-1)", "4 (boss-4)", "4 (euler-4)", "adaptive (dopri5)"]
-    cells = by_label(table)["a"]
-    assert cells["4 (boss-4)"].cells["w2"].mean == pytest.approx(0.325)
-    assert cells["4 (euler-4)"].cells["w2"].mean == pytest.approx(0.6)
-    md = render_nfe([table], "markdown")
-    assert "4 (boss-4)" in md and "4 (euler-4)" in md
+    assert [c.label for c in table.columns] == ["1", "2", "4", "adaptive (dopri5)"]
+    cells = by_label(table)
+    assert cells["a/boss"]["4"].cells["w2"].mean == pytest.approx(0.325)
+    assert cells["a/boss"]["2"].cells["w2"].mean == pytest.approx(0.5)
+    assert cells["a"]["4"].cells["w2"].mean == pytest.approx(0.6)
+    assert [(row.label, row.family) for row in table.rows] == [("a", "euler"), ("a", "boss"), ("b", "euler")]
+    md = " ".join(render_nfe([table], "markdown").split())
+    assert "| a | boss | 2 | | **0.5** | **0.325 ± 0.035** | |" in md
+
+
+def test_a_one_step_map_has_one_row_whatever_its_samplers():
+    records = [record("d", sampler, seed, 0.4 + seed, 1.0) for sampler in ("euler-1", "euler-4", "boss-4")
+               for seed in (0, 1)]
+    (table,) = nfe_tables([*SWEEP, *records], "w2")
+    (row,) = [r for r in table.rows if r.label == "d"]
+    assert row.family == "any (one-step map)" and [c.label for c in row.cells] == ["1"]
+    assert row.cells[NfeColumn(None, 1)].sampler == "euler-1" and row.cells[NfeColumn(None, 1)].cells["w2"].mean == pytest.approx(0.9)
 
 
 def test_training_steps_per_second_and_time_per_trained_model():
@@ -99,7 +121,7 @@ def test_a_failed_sampler_and_a_seed_that_did_not_finish():
                *SWEEP[6:8]]
     (table,) = nfe_tables(records, "w2")
     cells = by_label(table)
-    assert "8 (euler-8)" in cells["a"]  # its NFE taken from the methods that measured euler-8
+    assert "8" in cells["a"]  # its NFE taken from the methods that measured euler-8
     md = render_nfe([table], "markdown")
     assert " failed |" in md and "**0.6** (1/2)" in md
 
@@ -116,13 +138,13 @@ def test_every_format():
     tables = nfe_tables(SWEEP, "w2")
     latex = render_nfe(tables, "latex")
     assert latex.isascii() and r"\toprule" in latex and r"\label{tab:nfe-moons}" in latex
-    assert r"\textbf{0.30 $\pm$ 0.14} (NFE 85)" in latex and r"\begin{tabular}{lrrrrrr}" in latex
+    assert r"\textbf{0.30 $\pm$ 0.14} (NFE 85)" in latex and r"\begin{tabular}{llrrrrrr}" in latex
     html = render_nfe(tables, "html")
     assert "<b>0.30 ± 0.14</b> (NFE 85)" in html and "<th>adaptive (dopri5)" in html
     lines = render_nfe(tables, "csv").splitlines()
     assert lines[0] == ("dataset,method,column,sampler,adaptive,nfe_mean,seeds,status,w2_mean,w2_std,"
                         "train_steps_per_s_mean,train_steps_per_s_std,train_time_mean,train_time_std")
-    assert lines[1] == "moons,a,1 (euler-1),euler-1,False,1.0,2,ok,2.0,1.4142135623730951,25.0,0.0,4.0,0.0"
+    assert lines[1] == "moons,a,1,euler-1,False,1.0,2,ok,2.0,1.4142135623730951,25.0,0.0,4.0,0.0"
     assert lines[3].startswith("moons,a,adaptive (dopri5),dopri5,True,85.0,2,ok,")
     with pytest.raises(ValueError, match="unknown format"):
         render_nfe(tables, "pdf")
