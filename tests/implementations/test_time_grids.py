@@ -193,3 +193,13 @@ def test_a_one_step_map_is_not_calibrated_and_samples_in_one_call():
     status, metrics, measurements, _ = evaluate(plan.evals[job.key][0], built, built.network, {})
     assert status == "ok" and metrics["nfe"] == 1
     assert "one-step map" in measurements["sampler_calibration"]["not applicable"]
+
+
+def test_a_solver_that_asks_for_what_the_harness_does_not_offer_is_told_what_it_offers(monkeypatch):
+    plan = _boss_plan("icfm", "boss-2")
+    job = plan.trainings[0]
+    built = build(job, configure(job.hardware))
+    monkeypatch.setattr(EulerGrid, "calibration_needs", ("reference_flow", "weather"))
+    with pytest.raises(ValueError, match="asks for weather to calibrate; the harness offers diagnostics, "
+                                         "reference_flow, train_stats, cache"):
+        evaluate(plan.evals[job.key][0], built, built.network, {})
