@@ -56,7 +56,8 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path,
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
     methods = sorted(ok["method"].unique())
     samplers = _ordered(ok["sampler"].unique(), sampler_order)
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")  # distinct colours up to 20 methods
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}
     markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(samplers)}
     for ax, dataset in zip(axes.flat, datasets):
         mean = ok[ok["dataset"] == dataset].groupby(["method", "sampler"])[[quality, cost]].mean().reset_index()
@@ -113,7 +114,8 @@ def quality_vs_nfe_figure(tables: list[NfeTable]) -> Any:
     series = [_nfe_points(t) for t in tables]
     methods = sorted({label for points in series for label, *_ in points})
     families = sorted({name for points in series for _, name, adaptive, _ in points if not adaptive})
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")  # distinct colours up to 20 methods
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}
     styles = {f: ("-", "--", ":", "-.")[i % 4] for i, f in enumerate(families)}
     for ax, table, points in zip(axes.flat, tables, series):
         for label, name, adaptive, xs in points:
@@ -133,7 +135,7 @@ def quality_vs_nfe_figure(tables: list[NfeTable]) -> Any:
         handles += [plt.Line2D([], [], color="0.3", linestyle=styles[f], label=f) for f in families]
     if any(adaptive for points in series for _, _, adaptive, _ in points):
         handles += [plt.Line2D([], [], color="0.3", marker="*", markersize=9, linestyle="none", label="adaptive")]
-    ncol = min(len(handles), 4 * cols)
+    ncol = min(len(handles), 3 * cols)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8,
                title="colour: method; bands: mean ± std over seeds", title_fontsize=8)
     fig.tight_layout(rect=(0, (0.22 * math.ceil(len(handles) / ncol) + 0.3) / (4 * rows + 0.6), 1, 1))
@@ -355,7 +357,8 @@ def plot_loss_curves(records: list[dict], path: Path) -> Path | None:
     plt = _pyplot()
     datasets = sorted({d for d, _, _ in seen})
     methods = sorted({m for _, m, _ in seen})
-    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")  # distinct colours up to 20 methods
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}
     cols = min(2, len(datasets))
     rows = math.ceil(len(datasets) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.4 * rows + 0.8), squeeze=False)
@@ -497,6 +500,6 @@ def write_report(results_dir: Path, out: Path | None = None) -> Path:
 def _save(fig: Any, path: Path, dpi: int) -> None:
     """Write a figure atomically (a full disk is a StorageError naming the file) and close it."""
     try:
-        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     finally:
         _pyplot().close(fig)
