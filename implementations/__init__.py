@@ -6,7 +6,7 @@ the harness registries. Each module opens with the paper and algorithm it implem
 
 from implementations import distillation, flow_matching, networks, optimizers, rectified_flow, tarflow  # noqa: F401
 from implementations import autoencoders  # noqa: F401  (latent flows' autoencoders)
-from implementations import meanflow, split_meanflow  # noqa: F401  (average-velocity methods)
+from implementations import meanflow, split_meanflow, split_meanflow_teacher  # noqa: F401  (average-velocity methods)
 from implementations import boss  # noqa: F401  (BOSS's straightening fine-tune)
 from implementations.networks import interval_params  # noqa: F401  (registers interval-mlp, interval-unet)
 from implementations.common import solvers, time_grids  # noqa: F401
