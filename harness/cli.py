@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the run plan and exit")
+    run.add_argument("--estimate", nargs="*", type=Path, metavar="RESULTS",
+                     help="print the plan's size and expected cost and exit: trainings and evaluations (and those "
+                          "already done), network evaluations, and time from earlier records of the same keys in "
+                          "the results folder and any RESULTS folders named")
     run.add_argument("--prune", action="store_true",
                      help="delete records of RESULTS_DIR that the suite no longer produces (older specs)")
     run.add_argument("--only", action="append", default=[], metavar="GLOB",
@@ -134,6 +138,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = args.results or Path("results") / "runs" / suite.name
     print(f"suite {suite.name}: {len(plan.trainings)} trainings, {plan.num_evals} evaluations "
           f"on {suite.hardware.name} ({suite.hardware.device}) -> {results}", file=sys.stderr)
+    if args.estimate is not None:
+        from harness.estimate import estimate
+
+        print(estimate(plan, results, args.estimate).text())
+        return 0
     if args.dry_run:
         for job in plan.trainings:
             for e in plan.evals[job.key]:
