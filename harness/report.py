@@ -10,18 +10,24 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import htmldoc as h
+from harness.htmldoc import Block, Code, Span, Strong
 from harness.leaderboard import (
     NfeTable,
     badness,
+    build_tables,
+    format_mean_std,
     header,
     higher_is_better,
     leaderboard,
     leaderboard_options,
     nfe_tables,
     render_nfe,
+    variant_labels,
 )
 from harness.results import records_frame, suite_records, write_atomic
 
@@ -38,12 +44,23 @@ def _pyplot():
 MARKERS = "osD^v<>pP*Xh"
 
 
+def pareto_front(points: list[tuple[float, float]], quality: str) -> list[int]:
+    """Indices of the (cost, quality) points that no other point beats: none is at most as
+    costly and at least as good (``quality``'s own direction) while better in one of the two.
+    Sorted by cost."""
+    scored = [(cost, badness(quality, value)) for cost, value in points]
+    front = [i for i, (c, b) in enumerate(scored)
+             if not any(c2 <= c and b2 <= b and (c2 < c or b2 < b) for c2, b2 in scored)]
+    return sorted(front, key=lambda i: scored[i])
+
+
 def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path,
-                         sampler_order: list[str] | None = None) -> Path | None:
+                         sampler_order: list[str] | None = None, front: bool = False) -> Path | None:
     """One panel per dataset: mean ``quality`` against mean ``cost`` per (method, sampler),
     methods as colours and samplers as marker shapes, both in the legend (no text on the
     points, which would overlap where models coincide); the lower-left front is the good
-    region for lower-is-better metrics."""
+    region for lower-is-better metrics. ``front``: ring the Pareto-optimal points
+    (:func:`pareto_front`) and join them with a step line."""
     if frame.empty or quality not in frame or cost not in frame:
         return None
     ok = frame[frame["status"] == "ok"].dropna(subset=[quality, cost])
@@ -64,6 +81,11 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path,
         for _, row in mean.iterrows():
             ax.scatter(row[cost], row[quality], color=colours[row["method"]], marker=markers[row["sampler"]], s=36,
                        alpha=0.85, edgecolors="white", linewidths=0.5)
+        if front:
+            optimal = mean.iloc[pareto_front(list(zip(mean[cost], mean[quality])), quality)]
+            ax.step(optimal[cost], optimal[quality], where="post", color="0.2", lw=0.9, alpha=0.7, zorder=1)
+            ax.scatter(optimal[cost], optimal[quality], s=110, facecolors="none", edgecolors="0.1", linewidths=0.9,
+                       zorder=3)
         ax.set_xscale("log")
         ax.set_xlabel(header(cost))
         ax.set_ylabel(header(quality))
@@ -73,6 +95,9 @@ def plot_quality_vs_cost(frame: Any, quality: str, cost: str, path: Path,
         ax.axis("off")
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in methods]
     handles += [plt.Line2D([], [], marker=markers[s], linestyle="", color="0.3", label=s) for s in samplers]
+    if front:
+        handles.append(plt.Line2D([], [], marker="o", markersize=9, markerfacecolor="none", color="0.1",
+                                  label="Pareto front"))
     ncol = min(len(handles), 3 * cols)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=8,
                title="colour: method; shape: sampler (means over seeds)", title_fontsize=8)
@@ -409,92 +434,431 @@ def _counted(values: list[str]) -> str:
     return "; ".join(f"{v} ({n} records)" for v, n in counts.items())
 
 
+def setup_items(suite: dict | None, records: list[dict]) -> tuple[list[list[Span]], list[SetupTable]]:
+    """What produced the tables, as data for :func:`setup_section` and the HTML report: the
+    bullets (the suite, budget, hardware, software versions, commit and dirty flag), each a
+    list of spans, and one table per kind of spec (datasets, methods, samplers) of their
+    resolved parameters."""
+    bullets: list[list[Span]] = []
+    if suite is not None:
+        bullets.append([Strong("Suite"), " ", Code(str(suite.get("name"))), ": ",
+                        suite.get("description") or "(no description)"])
+        budget = suite.get("budget") or {}
+        bullets.append([Strong("Budget"), (f": training {', '.join(_compact(budget.get('train'))) or '-'}; "
+                                           f"evaluation {', '.join(_compact(budget.get('eval'))) or '-'}; "
+                                           f"seeds {suite.get('seeds')}")])
+        hardware = {k: v for k, v in (suite.get("hardware") or {}).items() if k not in ("description",)}
+        bullets.append([Strong("Hardware spec"), " ", Code(str(hardware.pop("name", "?"))), ": ",
+                        ", ".join(_compact(hardware))])
+    envs = [r.get("environment") or {} for r in records]
+    if envs:
+        machine = [f"{e.get('cpu', '?')}, {e.get('cpu_count', '?')} cores, {e.get('device', '?')}"
+                   + (", CUDA" if e.get("cuda_available") else "") for e in envs]
+        bullets.append([Strong("Measured on"),
+                        f": {_counted(machine)}; {_counted([str(e.get('platform')) for e in envs])}"])
+        versions = [", ".join(f"{k} {e[k]}" for k in ("python", "torch", "numpy", "scipy", "torchdiffeq", "pydantic",
+                                                         "flowgauge") if e.get(k)) for e in envs]
+        bullets.append([Strong("Software"), f": {_counted(versions)}"])
+        code = [f"commit {str(e.get('git_commit'))[:12]}" + (" (tree differed: " + ", ".join(e.get("git_dirty_files")
+                or []) + ")" if e.get("git_dirty") else " (clean)") for e in envs]
+        bullets.append([Strong("Code"), f": {_counted(code)}"])
+        accepted = [r for r in records if r.get("code_accepted")]
+        if accepted:
+            bullets.append([Strong("Code fingerprint accepted later"), f" for {len(accepted)} records (",
+                            Code("flowgauge rekey --accept-code"),
+                            f"): {_counted([str(r['code_accepted'][-1].get('note')) for r in accepted])}"])
+        shared = [e.get("concurrent_runs", 1) for e in envs]
+        if max(shared) > 1:
+            bullets.append([Strong("Concurrency"), (f": up to {max(shared)} runs shared the machine (timings are "
+                                                    "not those of runs made alone)")])
+    tables = []
+    for kind, columns in (("datasets", ("implementation",)), ("methods", ("implementation",)),
+                          ("samplers", ("solver",))):
+        rows = []
+        for spec in (suite or {}).get(kind) or []:
+            extra = {}
+            if kind == "methods":
+                extra = {"network": spec.get("network"), "optimizer": spec.get("optimizer"),
+                         "batch_size": spec.get("batch_size")}
+                teacher = spec.get("teacher")
+                if teacher:
+                    extra["teacher"] = {"method": teacher["method"]["name"], "sampler": teacher["sampler"]["name"],
+                                        **{k: v for k, v in teacher.items() if k not in ("method", "sampler")}}
+            rows.append(SetupRow(spec.get("name"), [spec.get(c) for c in columns],
+                                 ", ".join(_compact(spec.get("params") or {}) + _compact(extra)) or "-",
+                                 spec.get("description") or ""))
+        if rows:
+            tables.append(SetupTable(kind, list(columns), rows))
+    return bullets, tables
+
+
+@dataclass
+class SetupRow:
+    name: Any
+    columns: list[Any]  # the implementation (a sampler: its solver)
+    parameters: str
+    description: str
+
+
+@dataclass
+class SetupTable:
+    kind: str  # datasets, methods, samplers
+    columns: list[str]
+    rows: list[SetupRow]
+
+
+def markdown_spans(spans: list[Span]) -> str:
+    """Spans as markdown: strong text in ``**``, code in backticks."""
+    return "".join(f"**{s.text}**" if isinstance(s, Strong) else f"`{s.text}`" if isinstance(s, Code) else s
+                   for s in spans)
+
+
 def setup_section(suite: dict | None, records: list[dict]) -> str:
     """What produced the tables: the suite, budget, hardware, software versions, commit and
     dirty flag, and every dataset's, method's and sampler's resolved parameters."""
     from tabulate import tabulate
 
-    lines = ["## Set-up", ""]
-    if suite is not None:
-        lines.append(f"- **Suite** `{suite.get('name')}`: {suite.get('description') or '(no description)'}")
-        budget = suite.get("budget") or {}
-        lines.append(f"- **Budget**: training {', '.join(_compact(budget.get('train'))) or '-'}; "
-                     f"evaluation {', '.join(_compact(budget.get('eval'))) or '-'}; seeds {suite.get('seeds')}")
-        hardware = {k: v for k, v in (suite.get("hardware") or {}).items() if k not in ("description",)}
-        lines.append(f"- **Hardware spec** `{hardware.pop('name', '?')}`: {', '.join(_compact(hardware))}")
-    envs = [r.get("environment") or {} for r in records]
-    if envs:
-        machine = [f"{e.get('cpu', '?')}, {e.get('cpu_count', '?')} cores, {e.get('device', '?')}"
-                   + (", CUDA" if e.get("cuda_available") else "") for e in envs]
-        lines.append(f"- **Measured on**: {_counted(machine)}; {_counted([str(e.get('platform')) for e in envs])}")
-        versions = [", ".join(f"{k} {e[k]}" for k in ("python", "torch", "numpy", "scipy", "torchdiffeq", "pydantic",
-                                                         "flowgauge") if e.get(k)) for e in envs]
-        lines.append(f"- **Software**: {_counted(versions)}")
-        code = [f"commit {str(e.get('git_commit'))[:12]}" + (" (tree differed: " + ", ".join(e.get("git_dirty_files")
-                or []) + ")" if e.get("git_dirty") else " (clean)") for e in envs]
-        lines.append(f"- **Code**: {_counted(code)}")
-        accepted = [r for r in records if r.get("code_accepted")]
-        if accepted:
-            lines.append(f"- **Code fingerprint accepted later** for {len(accepted)} records (`flowgauge rekey "
-                         f"--accept-code`): {_counted([str(r['code_accepted'][-1].get('note')) for r in accepted])}")
-        shared = [e.get("concurrent_runs", 1) for e in envs]
-        if max(shared) > 1:
-            lines.append(f"- **Concurrency**: up to {max(shared)} runs shared the machine (timings are not those "
-                         "of runs made alone)")
-    if suite is not None:
-        for kind, columns in (("datasets", ("implementation",)), ("methods", ("implementation",)),
-                              ("samplers", ("solver",))):
-            rows = []
-            for spec in suite.get(kind) or []:
-                extra = {}
-                if kind == "methods":
-                    extra = {"network": spec.get("network"), "optimizer": spec.get("optimizer"),
-                             "batch_size": spec.get("batch_size")}
-                    teacher = spec.get("teacher")
-                    if teacher:
-                        extra["teacher"] = {"method": teacher["method"]["name"], "sampler": teacher["sampler"]["name"],
-                                            **{k: v for k, v in teacher.items() if k not in ("method", "sampler")}}
-                rows.append([spec.get("name"), *(spec.get(c) for c in columns),
-                             ", ".join(_compact(spec.get("params") or {}) + _compact(extra)) or "-"])
-            if rows:
-                lines += ["", f"**{kind.capitalize()}**", "",
-                          tabulate(rows, ["name", *columns, "parameters (resolved, defaults included)"],
-                                   tablefmt="github", disable_numparse=True)]
+    bullets, tables = setup_items(suite, records)
+    lines = ["## Set-up", "", *(f"- {markdown_spans(b)}" for b in bullets)]
+    for table in tables:
+        rows = [[row.name, *row.columns, row.parameters] for row in table.rows]
+        lines += ["", f"**{table.kind.capitalize()}**", "",
+                  tabulate(rows, ["name", *table.columns, "parameters (resolved, defaults included)"],
+                           tablefmt="github", disable_numparse=True)]
     return "\n".join(lines)
 
 
-def write_report(results_dir: Path, out: Path | None = None) -> Path:
-    """Write ``report.md`` with its plots into ``out`` (default RESULTS_DIR/report): the
-    tables and claims, the plots, and the set-up that produced them."""
+@dataclass
+class Figure:
+    """A plot of the report: its file in the report's folder, its alternative text, and the
+    caption printed under it ("" for none)."""
+
+    file: str
+    alt: str
+    caption: str = ""
+
+    def markdown(self) -> str:
+        return f"![{self.alt}]({self.file})" + (f"\n\n{self.caption}" if self.caption else "")
+
+
+LATENCY_CAPTION = ("{metric} against latency (ms per batch of generated samples, median over repeats; log axis), "
+                   "means over seeds for each method and sampler. Ringed points and the step line: the Pareto front, "
+                   "the points that no other is both faster and better than.")
+IMAGES_CAPTION = "The first 64 generated images of each method's lowest seed, one row per sampler."
+
+
+@dataclass
+class ReportData:
+    """What both renderings of a report show, read from a results directory once, with its
+    plots drawn into ``out``; ``figures`` by role (by_method, cost, latency, nfe, samples,
+    images, loss), only those drawn."""
+
+    results_dir: Path
+    out: Path
+    suite: dict | None
+    records: list[dict]  # the suite's, as last run
+    older: list[dict]  # left out of the tables
+    rank_by: str
+    precision: int
+    cost: str | None  # what quality_vs_cost.png plots against
+    nfe: list[NfeTable]
+    figures: dict[str, Figure]
+
+
+def gather(results_dir: Path, out: Path) -> ReportData:
+    """Read ``results_dir`` and draw the report's plots into ``out``."""
     from harness.results import read_suite
 
-    out = out or results_dir / "report"
     records, older = suite_records(results_dir)  # the suite as last run; older records are noted
     frame = records_frame(records)
     suite = read_suite(results_dir)
     order = [s["name"] for s in (suite or {}).get("samplers") or [] if isinstance(s, dict) and "name" in s]
     metrics, rank_by, precision = leaderboard_options(results_dir)
-    title = f"# {results_dir.name}\n" + (f"\n{suite['description']}\n" if suite and suite.get("description") else "")
-    parts = [title, leaderboard(results_dir, "markdown", records=records + older)]  # with the claims
+    figures: dict[str, Figure] = {}
     if plot_by_method(frame, rank_by, out / f"{rank_by}_by_method.png"):
-        parts.append(f"![{rank_by} by method and seed]({rank_by}_by_method.png)")
+        figures["by_method"] = Figure(f"{rank_by}_by_method.png", f"{rank_by} by method and seed")
     cost = next((c for c in ("nfe", "latency", "train_time") if c in metrics and _cost_varies(frame, c)), None)
-    if cost and rank_by != cost and plot_quality_vs_cost(frame, rank_by, cost, out / "quality_vs_cost.png", order):
-        parts.append(f"![{rank_by} against {cost}](quality_vs_cost.png)")
-    if nfe := nfe_section(records, rank_by, precision, out):
-        parts.append(nfe)
+    by_latency = cost == "latency"  # then the cost plot is the latency plot: it gets the front
+    if cost and rank_by != cost and plot_quality_vs_cost(frame, rank_by, cost, out / "quality_vs_cost.png", order,
+                                                         front=by_latency):
+        figures["cost"] = Figure("quality_vs_cost.png", f"{rank_by} against {cost}",
+                                 LATENCY_CAPTION.format(metric=rank_by) if by_latency else "")
+    if (not by_latency and rank_by != "latency" and _cost_varies(frame, "latency")
+            and plot_quality_vs_cost(frame, rank_by, "latency", out / "quality_vs_latency.png", order, front=True)):
+        figures["latency"] = Figure("quality_vs_latency.png", f"{rank_by} against latency, with the Pareto front",
+                                    LATENCY_CAPTION.format(metric=rank_by))
+    tables = nfe_tables(records, rank_by)
+    if plot_quality_vs_nfe(tables, out / "quality_vs_nfe.png"):
+        figures["nfe"] = Figure("quality_vs_nfe.png", f"{rank_by} against NFE", NFE_CAPTION.format(metric=rank_by))
     if plot_samples(records, results_dir, out / "samples.png", sampler_order=order):
-        parts.append("![generated samples against the target](samples.png)\n\n" + SAMPLES_CAPTION.format(lines=64))
+        figures["samples"] = Figure("samples.png", "generated samples against the target",
+                                    SAMPLES_CAPTION.format(lines=64))
     if plot_image_grids(records, results_dir, out / "image_samples.png", sampler_order=order):
-        parts.append("![generated images](image_samples.png)\n\nThe first 64 generated images of each method's "
-                     "lowest seed, one row per sampler.")
+        figures["images"] = Figure("image_samples.png", "generated images", IMAGES_CAPTION)
     if plot_loss_curves(records, out / "loss_curves.png"):
-        parts.append("![training loss, relative to its first logged value](loss_curves.png)")
-    parts.append(setup_section(suite, records))
+        figures["loss"] = Figure("loss_curves.png", "training loss, relative to its first logged value")
+    return ReportData(results_dir, out, suite, records, older, rank_by, precision, cost, tables, figures)
+
+
+def markdown_report(data: ReportData) -> str:
+    """The text of report.md."""
+    suite, figures = data.suite, data.figures
+    title = f"# {data.results_dir.name}\n" + (f"\n{suite['description']}\n" if suite and suite.get("description")
+                                               else "")
+    parts = [title, leaderboard(data.results_dir, "markdown", records=data.records + data.older)]  # with the claims
+    parts += [figures[role].markdown() for role in ("by_method", "cost", "latency") if role in figures]
+    if any(t.is_sweep for t in data.nfe):
+        text = "## Quality at NFE\n\n" + render_nfe(data.nfe, "markdown", data.precision)
+        if "nfe" in figures:
+            text += "\n\n" + figures["nfe"].markdown()
+        parts.append(text)
+    parts += [figures[role].markdown() for role in ("samples", "images", "loss") if role in figures]
+    parts.append(setup_section(suite, data.records))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(results_dir: Path, out: Path | None = None) -> Path:
+    """Write ``report.md`` with its plots into ``out`` (default RESULTS_DIR/report): the
+    tables and claims, the plots, and the set-up that produced them; and beside it
+    ``report.html``, the same with the plots inline, the environment and the command that
+    reproduces each run (:func:`report_blocks`)."""
+    out = out or results_dir / "report"
+    data = gather(results_dir, out)
     path = out / "report.md"
-    text = "\n\n".join(parts) + "\n"
+    text = markdown_report(data)
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+    h.write_document(out / "report.html", results_dir.name, html_blocks(data))
     return path
+
+
+# The HTML report -------------------------------------------------------------------------
+
+BEST = ("\ue000", "\ue001")  # private-use characters around a best value, turned into Strong
+
+
+def _marked(text: str) -> list[Span]:
+    """Spans of a cell whose best value sits between the BEST marks."""
+    spans: list[Span] = []
+    for i, part in enumerate(re.split(f"[{''.join(BEST)}]", text)):
+        if part:
+            spans.append(Strong(part) if i % 2 else part)
+    return spans
+
+
+def leaderboard_blocks(results_dir: Path, records: list[dict], older: list[dict]) -> list[Block]:
+    """The leaderboard's tables (as :func:`harness.leaderboard.leaderboard` builds them), its
+    notes, and the claims with their verdicts and the test behind each."""
+    from harness.claims import evaluate, suite_claims
+    from harness.leaderboard import concurrency_note, current_claims, older_records_note
+    from harness.results import read_suite
+
+    if not records:
+        return [h.Paragraph(f"no records under {results_dir / 'records'}"
+                            + (f" ({len(older)} older ones left out)" if older else ""))]
+    loaded = records_frame(records)
+    frame = loaded.copy()
+    metrics, rank, precision = leaderboard_options(results_dir)
+    if not metrics:
+        fixed = {"key", "config", "suite", "dataset", "method", "sampler", "seed", "status"}
+        metrics = [c for c in frame.columns if c not in fixed and not c.endswith("@provenance")]
+    if rank not in metrics:
+        metrics = [rank, *metrics]
+    for m in metrics:
+        if m not in frame:
+            frame[m] = None
+    blocks: list[Block] = [h.Heading("Leaderboard", 2)]
+    for table in build_tables(frame, metrics, rank, variant_labels(records)):
+        rows = []
+        for i, row in enumerate(table.rows, 1):
+            if row.status != "ok":
+                cells: list[h.Text] = [row.status] + ["—"] * (len(table.metrics) - 1)
+            else:
+                cells = [(Strong if row.cells[m].best else str)(format_mean_std(row.cells[m].mean, row.cells[m].std,
+                                                                                 precision)) for m in table.metrics]
+            rows.append([str(i) if row.status == "ok" else "—", row.label, row.sampler, row.seeds_text, *cells])
+        blocks += [h.Heading(table.dataset, 3),
+                   h.Table(["#", "method", "sampler", "seeds", *(header(m) for m in table.metrics)], rows,
+                           f"ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds",
+                           "rllr" + "r" * len(table.metrics), cls="leaderboard"),
+                   *(h.Paragraph(note) for note in table.notes)]
+    blocks += [h.Paragraph(n) for n in (concurrency_note(records, metrics), older_records_note(older, results_dir)) if n]
+    stored = read_suite(results_dir, quiet=True)
+    if stored is None:
+        return blocks
+    suite, notes = current_claims(results_dir, stored)
+    claims = suite_claims(suite)
+    if not claims:
+        return blocks
+    results = [evaluate(c, loaded) for c in claims]
+    rows = []
+    for r in results:
+        source = r.claim.source.paper + (f", {r.claim.source.table}" if r.claim.source.table else "")
+        rows.append([r.claim.dataset, h.Code(r.claim.describe()), r.measured,
+                     [Strong(r.verdict), f" ({r.reason})" if r.reason else ""], r.test or "—",
+                     source + (f" ({r.claim.source.url})" if r.claim.source.url else "")])
+    return blocks + [h.Heading("Claims", 3), *(h.Paragraph(n) for n in notes),
+                     h.Table(["dataset", "claim", "measured (mean ± std over seeds; interval)", "verdict", "test",
+                              "source"], rows, "Published claims against these records: verdicts on 95 % intervals "
+                             "over seeds, with the statistical test behind each.", cls="claims")]
+
+
+def nfe_blocks(tables: list[NfeTable], precision: int) -> list[Block]:
+    """The quality-at-NFE tables (when some method was sampled at more than one NFE)."""
+    from harness.leaderboard import NFE_LEGEND, _nfe_body
+
+    if not any(t.is_sweep for t in tables):
+        return []
+    blocks: list[Block] = [h.Heading("Quality at NFE", 2)]
+    for table in tables:
+        headers, body = _nfe_body(table, precision, str, lambda s: f"{BEST[0]}{s}{BEST[1]}" if s else s)
+        blocks += [h.Heading(f"{table.dataset}: {header(table.rank_by)} at each NFE", 3),
+                   h.Table(headers, [[_marked(cell) for cell in row] for row in body],
+                           "mean ± std over seeds; best of each column in bold", "llr" + "r" * (len(headers) - 3),
+                           cls="nfe"),
+                   *(h.Paragraph(n) for n in [NFE_LEGEND, *table.notes])]
+    return blocks
+
+
+def _figure(data: ReportData, role: str) -> list[Block]:
+    """The figure of ``role`` inline, if it was drawn."""
+    figure = data.figures.get(role)
+    if figure is None:
+        return []
+    return [h.Image.from_file(data.out / figure.file, figure.alt, figure.caption or None)]
+
+
+def environment_blocks(records: list[dict]) -> list[Block]:
+    """Every environment field of the records (machine, versions, determinism settings,
+    commit): the value, with a count of records where they differ."""
+    envs = [r.get("environment") or {} for r in records]
+    keys = sorted({k for e in envs for k in e})
+    if not keys:
+        return []
+
+    def text(value: Any) -> str:
+        if isinstance(value, list):
+            return ", ".join(map(str, value)) or "(none)"
+        return "—" if value is None else str(value)
+
+    rows = [[h.Code(k), _counted([text(e.get(k)) for e in envs])] for k in keys]
+    return [h.Heading("Environment", 2),
+            h.Details(f"What the {len(envs)} records were measured with ({len(keys)} fields)",
+                      [h.Table(["field", "value (record counts where they differ)"], rows, cls="environment")])]
+
+
+@dataclass
+class Reproduction:
+    """How to run one training (dataset/method/seedN) of a results directory again."""
+
+    run: str
+    records: int
+    code: str  # the commit(s) of its records, and whether the tree was dirty
+    command: str
+
+
+def _suite_reference(origin: dict, suite: dict | None) -> tuple[str, str | None]:
+    """(the suite as ``flowgauge run`` takes it, a ``--specs`` root or None) from suite.json's
+    ``origin``: a suite file inside a checkout's specs/suites/ as the path from the
+    checkout's root; a specs root named specs/ as the checkout's own (left out)."""
+    ref = origin.get("suite") if isinstance(origin.get("suite"), str) else (suite or {}).get("name") or "SUITE"
+    specs = origin.get("specs") if isinstance(origin.get("specs"), str) else None
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        parts = Path(ref).parts
+        if len(parts) >= 3 and parts[-3:-1] == ("specs", "suites"):
+            ref = str(Path("specs", "suites", parts[-1]))
+    if specs is not None and Path(specs).name == "specs":
+        specs = None
+    return ref, specs
+
+
+def reproductions(results_dir: Path, records: list[dict], suite: dict | None) -> list[Reproduction]:
+    """For every training of ``records``: the commit that made it and the command that runs
+    it again into ``results_dir`` (``--rerun``: train again, not reuse the records)."""
+    import shlex
+
+    from harness.results import read_suite_file
+
+    origin = (read_suite_file(results_dir) or {}).get("origin")
+    ref, specs = _suite_reference(origin if isinstance(origin, dict) else {}, suite)
+    overrides = [o for o in (origin or {}).get("overrides") or [] if isinstance(o, str)]
+    base = ["flowgauge", *(["--specs", specs] if specs else []), "run", ref,
+            *(arg for o in overrides for arg in ("--set", o))]
+    runs: dict[tuple[str, str, int], list[dict]] = {}
+    for r in records:
+        runs.setdefault((r["dataset"], r["method"], r["seed"]), []).append(r)
+    out = []
+    for (dataset, method, seed), group in sorted(runs.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
+        label = f"{dataset}/{method}/seed{seed}"
+        envs = [r.get("environment") or {} for r in group]
+        commits = sorted({str(e["git_commit"]) for e in envs if e.get("git_commit")})
+        dirty = sorted({f for e in envs if e.get("git_dirty") for f in e.get("git_dirty_files") or ["?"]})
+        code = ", ".join(c[:12] for c in commits) or "—"
+        if dirty:
+            code += f" (dirty tree: {', '.join(dirty)})"
+        command = shlex.join([*base, "--only", label, "--rerun", "--results", str(results_dir)])
+        if len(commits) == 1:
+            command = f"git checkout {commits[0]} && {command}"
+        out.append(Reproduction(label, len(group), code, command))
+    return out
+
+
+REPRODUCE_TEXT = ("Each training (dataset/method/seed) with the commit its records were made at and the command that "
+                  "trains and evaluates it again from a checkout's root: --rerun replaces its records in this folder "
+                  "(give another --results folder to keep them). A dirty tree means that files differed from the "
+                  "commit; those changes are not in it.")
+
+
+def html_blocks(data: ReportData) -> list[Block]:
+    """The HTML report's blocks: report.md's content, plus the latency Pareto plot (in both),
+    the environment of the records and the command that reproduces each run."""
+    suite = data.suite
+    blocks: list[Block] = [h.Heading(data.results_dir.name, 1)]
+    if suite and suite.get("description"):
+        blocks.append(h.Paragraph(str(suite["description"])))
+    blocks += leaderboard_blocks(data.results_dir, data.records, data.older)
+    plots = [b for role in ("by_method", "cost", "latency") for b in _figure(data, role)]
+    if plots:
+        blocks += [h.Heading("Quality against cost", 2), *plots]
+    nfe = nfe_blocks(data.nfe, data.precision)
+    blocks += nfe + (_figure(data, "nfe") if nfe else [])
+    samples = [b for role in ("samples", "images") for b in _figure(data, role)]
+    if samples:
+        blocks += [h.Heading("Samples", 2), *samples]
+    if loss := _figure(data, "loss"):
+        blocks += [h.Heading("Training loss", 2), *loss]
+    bullets, tables = setup_items(suite, data.records)
+    blocks += [h.Heading("Set-up", 2), h.BulletList(bullets)]
+    for table in tables:
+        blocks += [h.Heading(table.kind.capitalize(), 3),
+                   h.Table(["name", *table.columns, "description", "parameters (resolved, defaults included)"],
+                           [[str(r.name or ""), *("" if c is None else str(c) for c in r.columns), r.description,
+                             r.parameters] for r in table.rows], cls=f"setup-{table.kind}")]
+    blocks += environment_blocks(data.records)
+    runs = reproductions(data.results_dir, data.records, suite)
+    if runs:
+        blocks += [h.Heading("Reproduce", 2), h.Paragraph(REPRODUCE_TEXT),
+                   h.Table(["run", "records", "code", "command"],
+                           [[r.run, str(r.records), r.code, h.Code(r.command)] for r in runs], align="lrll",
+                           cls="reproduce")]
+    return blocks
+
+
+def report_blocks(results_dir: Path, out: Path) -> list[Block]:
+    """The HTML report of ``results_dir`` as blocks (its plots drawn into ``out``), for a
+    page of one's own: :func:`write_html_comparison` puts two side by side."""
+    return html_blocks(gather(results_dir, out))
+
+
+def write_html_comparison(left: Path, right: Path, out: Path) -> Path:
+    """Write the HTML reports of two results directories side by side into the file ``out``
+    (plots inline; drawn in a temporary folder)."""
+    import tempfile
+
+    names = (left.name, right.name) if left.name != right.name else (str(left), str(right))
+    with tempfile.TemporaryDirectory() as tmp:
+        columns = h.side_by_side(names[0], report_blocks(left, Path(tmp) / "left"),
+                                 names[1], report_blocks(right, Path(tmp) / "right"))
+    return h.write_document(out, f"{names[0]} vs {names[1]}", [h.Heading(f"{names[0]} vs {names[1]}", 1), columns])
 
 
 def _save(fig: Any, path: Path, dpi: int) -> None:
