@@ -338,5 +338,16 @@ def render(results: list[ClaimResult], fmt: str = "markdown") -> str:
                              "p{0.12\\linewidth}",
                              latex.escape("Published claims against these records: verdicts on 95 % intervals "
                                           "over seeds."), "tab:claims")
-    table_fmt = {"markdown": "github", "html": "html", "csv": "tsv"}.get(fmt, "github")
-    return tabulate(rows, headers, tablefmt=table_fmt, disable_numparse=True)
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        csv.writer(out).writerows([headers, *rows])
+        return out.getvalue().rstrip("\n")
+    if fmt == "html":
+        return tabulate(rows, headers, tablefmt="html", disable_numparse=True)  # escapes every cell
+    from harness.leaderboard import markdown_escape
+
+    return tabulate([[markdown_escape(c) for c in r] for r in rows], [markdown_escape(h) for h in headers],
+                    tablefmt="github", disable_numparse=True)

@@ -15,7 +15,7 @@ _UNICODE = {"±": r"$\pm$", "−": r"$-$", "≤": r"$\le$", "≥": r"$\ge$", "�
             "↑": r"$\uparrow$", "→": r"$\to$", "—": "---", "–": "--", "…": r"\dots{}", "’": "'", "‘": "`",
             "“": "``", "”": "''", "σ": r"$\sigma$", "δ": r"$\delta$", "ε": r"$\varepsilon$", "μ": r"$\mu$",
             "µ": r"$\mu$", "π": r"$\pi$", "θ": r"$\theta$", "λ": r"$\lambda$", "Δ": r"$\Delta$",
-            "∞": r"$\infty$", "\u00a0": "~", "\u202f": r"\,"}
+            "∞": r"$\infty$", "\u00a0": "~", "\u202f": r"\,", "\n": " ", "\r": " ", "\t": " "}
 
 
 def escape(text: str) -> str:
@@ -34,11 +34,18 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
+def _row(cells: list[str]) -> str:
+    """One line of a tabular; ``{}`` before a first cell that opens with ``[``, which the
+    ``\\\\`` ending the line before would read as its optional argument."""
+    text = " & ".join(cells)
+    return ("{}" + text if text.lstrip().startswith("[") else text) + r" \\"
+
+
 def tabular(headers: list[str], rows: list[list[str]], align: str, caption: str | None = None,
             label: str | None = None) -> str:
     """A booktabs table of already escaped cells; a ``table`` float when there is a caption."""
-    body = [r"\begin{tabular}{" + align + "}", r"\toprule", " & ".join(headers) + r" \\", r"\midrule"]
-    body += [" & ".join(row) + r" \\" for row in rows]
+    body = [r"\begin{tabular}{" + align + "}", r"\toprule", _row(headers), r"\midrule"]
+    body += [_row(row) for row in rows]
     body += [r"\bottomrule", r"\end{tabular}"]
     if caption is None:
         return "\n".join(body)

@@ -178,7 +178,7 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[st
         else:
             rows.sort(key=lambda row: _rank_key(row, rank_by))
         for m in metrics:
-            vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None]
+            vals = [r.cells[m].mean for r in rows if r.cells[m].mean is not None and math.isfinite(r.cells[m].mean)]
             if not vals or m in mixed:
                 continue
             if m in METRICS and not METRICS.get(m).marks_best:
@@ -257,6 +257,14 @@ def format_mean_std(mean: float | None, std: float | None, precision: int = 4) -
     return f"{mean:{grouped}.{d}f} ± {std:.{d}f}"
 
 
+def markdown_escape(text: Any) -> str:
+    """Text for a cell of a GitHub markdown table: a pipe escaped (it would end the cell),
+    a backslash doubled, ``<`` before a letter escaped (it would open raw HTML), line
+    breaks as spaces."""
+    text = str(text).replace("\\", "\\\\").replace("|", "\\|")
+    return re.sub(r"\s*[\r\n]+\s*", " ", re.sub(r"<(?=[A-Za-z/!?])", r"\\<", text))
+
+
 def _cell_text(cell: Cell, precision: int, bold: tuple[str, str]) -> str:
     text = format_mean_std(cell.mean, cell.std, precision)
     return f"{bold[0]}{text}{bold[1]}" if cell.best else text
@@ -282,10 +290,12 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
                 metric_cells = [_cell_text(row.cells[m], precision, bold) for m in table.metrics]
             body.append([i if row.status == "ok" else "—", row.label, row.sampler, row.seeds_text, *metric_cells])
         if fmt == "markdown":
-            title = f"### {table.dataset}  (ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds)"
+            title = (f"### {markdown_escape(table.dataset)}  (ranked by {header(table.rank_by)}; best in bold; "
+                     "mean ± std over seeds)")
             align = ("right", "left", "left", "right", *["right"] * len(table.metrics))
-            parts.append(title + "\n\n" + tabulate(body, headers, tablefmt="github", disable_numparse=True,
-                                                    colalign=align)
+            body = [[r[0], markdown_escape(r[1]), markdown_escape(r[2]), *r[3:]] for r in body]
+            parts.append(title + "\n\n" + tabulate(body, list(map(markdown_escape, headers)), tablefmt="github",
+                                                    disable_numparse=True, colalign=align)
                          + "".join(f"\n\n{note}" for note in table.notes))
         elif fmt == "latex":
             cells = [[latex.escape(str(c)) for c in r[:4]]
@@ -298,7 +308,9 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
             parts.append(latex.tabular([latex.escape(h) for h in headers], cells, "rllr" + "r" * len(table.metrics),
                                        caption, "tab:" + re.sub(r"[^A-Za-z0-9:-]", "-", table.dataset)))
         else:
-            esc = [[html.escape(str(c)).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for c in r]
+            # only the metric cells carry the bold markers: numbers and statuses, no names
+            esc = [[html.escape(str(c)) for c in r[:4]]
+                   + [html.escape(c).replace("&lt;b&gt;", "<b>").replace("&lt;/b&gt;", "</b>") for c in r[4:]]
                    for r in body]
             parts.append(f"<h3>{html.escape(table.dataset)}</h3>\n"
                          + tabulate(esc, [html.escape(h) for h in headers], tablefmt="unsafehtml")
@@ -742,7 +754,8 @@ def render_nfe(tables: list[NfeTable], fmt: str = "markdown", precision: int = 4
         title = (f"{table.dataset}: {header(table.rank_by)} at each NFE (mean ± std over seeds; best of each column "
                  "in bold)")
         if fmt == "markdown":
-            headers, body = _nfe_body(table, precision, str, lambda s: f"**{s}**" if s else s)
+            title = markdown_escape(title)
+            headers, body = _nfe_body(table, precision, markdown_escape, lambda s: f"**{s}**" if s else s)
             align = ("left", "left", "right", *["right"] * (len(headers) - 3))
             grid = tabulate(body, headers, tablefmt="github", disable_numparse=True, colalign=align)
             parts.append(f"### {title}\n\n{grid}\n\n{NFE_LEGEND}" + "".join(f"\n\n{note}" for note in table.notes))
