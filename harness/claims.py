@@ -322,7 +322,14 @@ def suite_claims(suite: dict) -> list[Claim]:
 
 
 def render(results: list[ClaimResult], fmt: str = "markdown") -> str:
+    """The claims table in ``fmt`` (markdown, latex, html, csv or json: see
+    :mod:`harness.table_json`)."""
     from tabulate import tabulate
+
+    if fmt == "json":
+        from harness import table_json
+
+        return table_json.dumps(table_json.claims_document(results))
 
     rows = []
     for r in results:

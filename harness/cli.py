@@ -23,6 +23,9 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 LIST_KINDS = ("methods", "datasets", "samplers", "metrics", "suites", "hardware", "solvers", "networks",
               "optimizers")
+FORMATS = ("markdown", "latex", "html", "csv", "json")  # harness.leaderboard.FORMATS, without its imports
+FORMAT_HELP = ("markdown (default), latex (booktabs), html, csv, or json: the table model with raw numbers, "
+               "a versioned document for other tools (see harness/table_json.py)")
 
 
 def _positive_int(text: str) -> int:
@@ -49,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=None, help="results directory (default results/runs/<suite>/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a spec value, e.g. budget.train.steps=100 or methods.icfm.params.path.sigma=0.1")
-    run.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
+    run.add_argument("--format", choices=FORMATS, default="markdown", help=FORMAT_HELP)
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--dry-run", action="store_true", help="print the run plan and exit")
     run.add_argument("--estimate", nargs="*", type=Path, metavar="RESULTS",
@@ -87,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 
     claims = sub.add_parser("claims", help="check the published claims of a suite against its records")
     claims.add_argument("results", type=Path, metavar="RESULTS_DIR")
-    claims.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
+    claims.add_argument("--format", choices=FORMATS, default="markdown", help=FORMAT_HELP)
     claims.add_argument("--strict", action="store_true",
                         help=f"exit {EXIT_CLAIM_FAILED} when a claim is not reproduced, inconclusive or not run "
                              "(claims marked not comparable do not count)")
@@ -106,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
-    board.add_argument("--format", choices=("markdown", "latex", "html", "csv"), default="markdown")
+    board.add_argument("--format", choices=FORMATS, default="markdown", help=FORMAT_HELP)
     board.add_argument("--rank-by", default=None, help="metric to rank by (default: the suite's rank_by)")
     board.add_argument("--all", dest="include_older", action="store_true",
                        help="also show records that the suite as last run no longer produces (other settings, older "
@@ -398,7 +401,12 @@ def cmd_claims(args: argparse.Namespace) -> int:
         raise SpecError(f"no suite.json in {args.results}: not a flowgauge results directory")
     text, results = claims_report(args.results, args.format)
     if not results:
-        print("the suite and its methods make no claims")
+        if args.format == "json":
+            from harness import table_json
+
+            print(table_json.dumps(table_json.claims_document([], ["the suite and its methods make no claims"])))
+        else:
+            print("the suite and its methods make no claims")
         return 0
     print(text)
     from harness.claims import VERDICTS

@@ -3,7 +3,8 @@
 Records → one DataFrame → mean ± std over seeds per (dataset, method, sampler) → one
 table per dataset, ranked by the suite's ``rank_by`` metric in its own direction, units
 in the headers and the best value of each column marked. One table model renders to
-GitHub markdown, LaTeX (booktabs), HTML and CSV.
+GitHub markdown, LaTeX (booktabs), HTML and CSV, and to JSON (:mod:`harness.table_json`:
+the model itself, raw numbers, for other tools).
 
 A second view, quality at NFE (``flowgauge leaderboard --view nfe``), pivots those rows to
 one row per method and one column per (NFE, sampler), adaptive samplers last with their
@@ -26,7 +27,7 @@ from harness import latex
 from harness.registry import METRICS
 from harness.statistics import summarize
 
-FORMATS = ("markdown", "latex", "html", "csv")
+FORMATS = ("markdown", "latex", "html", "csv", "json")
 STATUS_ORDER = {"ok": 0, "diverged": 1, "failed": 2}
 
 
@@ -36,6 +37,8 @@ class Cell:
     std: float | None
     n: int
     best: bool = False
+    values: list[float] = field(default_factory=list, compare=False, repr=False)  # what mean and std summarise
+    seeds: list[int] = field(default_factory=list, compare=False, repr=False)  # each value's seed, where known
 
 
 @dataclass
@@ -167,9 +170,11 @@ def build_tables(frame: Any, metrics: list[str], rank_by: str, variants: dict[st
             worst = max(group["status"], key=lambda s: STATUS_ORDER.get(s, 3))
             cells = {}
             for m in metrics:
-                values = ok[m].dropna().astype(float).tolist() if m in ok else []
+                have = ok[m].dropna() if m in ok else ok["seed"].iloc[0:0]
+                values = have.astype(float).tolist()
                 summary = summarize(values) if values else None
-                cells[m] = Cell(summary and summary.mean, summary and summary.std, len(values))
+                cells[m] = Cell(summary and summary.mean, summary and summary.std, len(values), values=values,
+                                seeds=[int(s) for s in ok.loc[have.index, "seed"]])
             rows.append(Row(method, sampler, int(group["seed"].nunique()), worst if ok.empty else "ok", cells,
                             int(ok["seed"].nunique()), variants.get(config, "")))
         mixed = {m: differing for m in metrics if (differing := mixed_provenance(by_dataset, m))}
@@ -278,6 +283,10 @@ def render(tables: list[Table], fmt: str = "markdown", precision: int = 4) -> st
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         return _render_csv(tables)
+    if fmt == "json":
+        from harness import table_json
+
+        return table_json.dumps(table_json.ranked_document(tables, precision))
     bold = {"markdown": ("**", "**"), "latex": (r"\textbf{", "}"), "html": ("<b>", "</b>")}[fmt]
     parts = []
     for table in tables:
@@ -415,6 +424,10 @@ def claims_report(results_dir: Path, fmt: str = "markdown", frame: Any = None,
     if frame is None:  # claims are about the suite as it was run: its own records only
         frame = records_frame(suite_records(results_dir)[0])
     results = [evaluate(c, frame) for c in claims]
+    if fmt == "json":  # notes go in the document
+        from harness import table_json
+
+        return table_json.dumps(table_json.claims_document(results, notes)), results
     text = render_claims(results, fmt)
     if notes and fmt == "markdown":
         text = "\n\n".join(notes) + "\n\n" + text
@@ -439,6 +452,19 @@ def concurrency_note(records: list[dict], metrics: list[str]) -> str:
             f"machine (--workers); their {', '.join(timed)} are not comparable with runs made alone.")
 
 
+def _no_records(results_dir: Path, older: list[dict], fmt: str, view: str) -> str:
+    """What the leaderboard says of a folder without records of its suite; in JSON, a
+    document without tables that says it in its notes."""
+    text = f"no records under {results_dir / 'records'}" + (f" ({len(older)} older ones left out)" if older else "")
+    if fmt != "json":
+        return text
+    from harness import table_json
+
+    document = (table_json.ranked_document([], notes=[text], with_claims=True) if view == "ranked"
+                else table_json.nfe_document([], notes=[text]))
+    return table_json.dumps(document)
+
+
 def older_records_note(older: list[dict], results_dir: Path) -> str:
     """Why some records of the folder are not in the tables, and how to see them."""
     if not older:
@@ -457,7 +483,7 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
 
     records, older = suite_records(results_dir, records, include_older)
     if not records:
-        return f"no records under {results_dir / 'records'}" + (f" ({len(older)} older ones left out)" if older else "")
+        return _no_records(results_dir, older, fmt, "ranked")
     loaded = records_frame(records)
     frame = loaded.copy()
     metrics, default_rank, precision = leaderboard_options(results_dir)
@@ -470,8 +496,15 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
     for m in metrics:
         if m not in frame:
             frame[m] = None
-    text = render(build_tables(frame, metrics, rank, variant_labels(records)), fmt, precision)
+    tables = build_tables(frame, metrics, rank, variant_labels(records))
+    text = render(tables, fmt, precision)
     notes = [n for n in (concurrency_note(records, metrics), older_records_note(older, results_dir)) if n]
+    if fmt == "json":
+        from harness import table_json
+
+        claims, verdicts = claims_report(results_dir, fmt, None if include_older else loaded, reread_specs)
+        return table_json.dumps(table_json.ranked_document(tables, precision, notes,
+                                                           json.loads(claims) if verdicts else None, with_claims=True))
     if notes and fmt in ("markdown", "html"):
         text += "".join(f"\n\n{n}" if fmt == "markdown" else f"\n<p>{html.escape(n)}</p>" for n in notes)
     if fmt in ("markdown", "html"):
@@ -552,7 +585,7 @@ def summary_cell(values: list[float | None]) -> Cell:
     """Mean ± std (harness.statistics) of the finite values; an empty cell when there are none."""
     finite = [float(v) for v in values if v is not None and math.isfinite(v)]
     summary = summarize(finite) if finite else None
-    return Cell(summary and summary.mean, summary and summary.std, len(finite))
+    return Cell(summary and summary.mean, summary and summary.std, len(finite), values=finite)
 
 
 def training_cost(train: dict) -> dict[str, float | None]:
@@ -749,6 +782,10 @@ def render_nfe(tables: list[NfeTable], fmt: str = "markdown", precision: int = 4
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         return _render_nfe_csv(tables)
+    if fmt == "json":
+        from harness import table_json
+
+        return table_json.dumps(table_json.nfe_document(tables, precision))
     parts = []
     for table in tables:
         title = (f"{table.dataset}: {header(table.rank_by)} at each NFE (mean ± std over seeds; best of each column "
@@ -802,10 +839,15 @@ def nfe_leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | Non
 
     records, older = suite_records(results_dir, records, include_older)
     if not records:
-        return f"no records under {results_dir / 'records'}" + (f" ({len(older)} older ones left out)" if older else "")
+        return _no_records(results_dir, older, fmt, "nfe")
     _, default_rank, precision = leaderboard_options(results_dir)
-    text = render_nfe(nfe_tables(records, rank_by or default_rank), fmt, precision)
+    tables = nfe_tables(records, rank_by or default_rank)
+    text = render_nfe(tables, fmt, precision)
     notes = [n for n in (concurrency_note(records, list(TRAIN_COSTS)), older_records_note(older, results_dir)) if n]
+    if fmt == "json":
+        from harness import table_json
+
+        return table_json.dumps(table_json.nfe_document(tables, precision, notes))
     if notes and fmt in ("markdown", "html"):
         text += "".join(f"\n\n{n}" if fmt == "markdown" else f"\n<p>{html.escape(n)}</p>" for n in notes)
     return text
