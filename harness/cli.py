@@ -95,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"exit {EXIT_CLAIM_FAILED} when a claim is not reproduced, inconclusive or not run "
                              "(claims marked not comparable do not count)")
 
-    report = sub.add_parser("report", help="write report.md with the leaderboard, claims and plots")
+    report = sub.add_parser("report", help="write report.md with the leaderboard, claims and plots, and report.html "
+                                              "(the same, self-contained, with the environment and each run's command)")
     report.add_argument("results", type=Path, metavar="RESULTS_DIR")
     report.add_argument("--out", type=Path, default=None, help="folder for report.md and plots (RESULTS_DIR/report)")
 

@@ -743,7 +743,8 @@ def environment_blocks(records: list[dict]) -> list[Block]:
     rows = [[h.Code(k), _counted([text(e.get(k)) for e in envs])] for k in keys]
     return [h.Heading("Environment", 2),
             h.Details(f"What the {len(envs)} records were measured with ({len(keys)} fields)",
-                      [h.Table(["field", "value (record counts where they differ)"], rows, cls="environment")])]
+                      [h.Table(["field", "value (record counts where they differ)"], rows, cls="environment")],
+                      open=True)]
 
 
 @dataclass
