@@ -234,43 +234,39 @@ def test_blocks_escape_by_construction_and_check_their_input():
 # only marks the injection.
 PRELUDE = """<script>window.alert = function () { window.__injected = true; };</script>"""
 
-# Run once the page and its images have loaded: what a reader would see, as JSON in a <pre>.
-# Each image is drawn on a canvas to count its opaque pixels: matplotlib's figures have an
-# opaque background, so a PNG that did not decode to its end has transparent rows.
+# Run once the page and its images have loaded (synchronously: the browser dumps the page
+# right after its load event): what a reader would see, as JSON in a <pre>. Each image is
+# drawn on a canvas to count its opaque pixels: matplotlib's figures have an opaque
+# background, so a PNG that did not decode to its end has transparent rows.
 PROBE = """<script>
 window.addEventListener("load", function () {
-  var images = Array.from(document.images);
-  Promise.all(images.map(function (i) { return i.decode().then(function () { return true; },
-                                                                 function () { return false; }); }))
-  .then(function (decoded) {
-    var report = {
-      title: document.title,
-      injected: window.__injected === true,
-      scripts: document.scripts.length,
-      images: images.map(function (image, k) {
-        var canvas = document.createElement("canvas");
-        canvas.width = image.naturalWidth;
-        canvas.height = image.naturalHeight;
-        var opaque = 0, pixels = 0;
-        if (canvas.width > 0 && canvas.height > 0) {
-          var context = canvas.getContext("2d");
-          context.drawImage(image, 0, 0);
-          var data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-          pixels = data.length / 4;
-          for (var p = 3; p < data.length; p += 4) { if (data[p] === 255) { opaque += 1; } }
-        }
-        return {decoded: decoded[k], width: image.naturalWidth, height: image.naturalHeight,
-                opaque: pixels ? opaque / pixels : 0, shown: image.getBoundingClientRect().width};
-      }),
-      tables: Array.from(document.querySelectorAll("table")).map(function (t) {
-        return [t.className, t.tBodies[0].rows.length, t.offsetWidth > 0]; }),
-      text: document.body.innerText
-    };
-    var out = document.createElement("pre");
-    out.id = "probe";
-    out.textContent = JSON.stringify(report);
-    document.body.appendChild(out);
-  });
+  var report = {
+    title: document.title,
+    injected: window.__injected === true,
+    scripts: document.scripts.length,
+    images: Array.from(document.images).map(function (image) {
+      var canvas = document.createElement("canvas");
+      canvas.width = image.naturalWidth;
+      canvas.height = image.naturalHeight;
+      var opaque = 0, pixels = 0;
+      if (canvas.width > 0 && canvas.height > 0) {
+        var context = canvas.getContext("2d");
+        context.drawImage(image, 0, 0);
+        var data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+        pixels = data.length / 4;
+        for (var p = 3; p < data.length; p += 4) { if (data[p] === 255) { opaque += 1; } }
+      }
+      return {complete: image.complete, width: image.naturalWidth, height: image.naturalHeight,
+              opaque: pixels ? opaque / pixels : 0, shown: image.getBoundingClientRect().width};
+    }),
+    tables: Array.from(document.querySelectorAll("table")).map(function (t) {
+      return [t.className, t.tBodies[0].rows.length, t.offsetWidth > 0]; }),
+    text: document.body.innerText
+  };
+  var out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify(report);
+  document.body.appendChild(out);
 });
 </script>"""
 
@@ -307,7 +303,7 @@ def test_the_page_renders_in_a_headless_browser(built, tmp_path):
     figures = sorted(page.parent.glob("*.png"))
     assert len(probe["images"]) == len(figures)
     for image in probe["images"]:  # decoded, to the last row, and laid out
-        assert image["decoded"] and image["width"] > 0 and image["height"] > 0, image
+        assert image["complete"] and image["width"] > 0 and image["height"] > 0, image
         assert image["opaque"] == 1 and image["shown"] > 0, image
     rows = {name: (n, visible) for name, n, visible in probe["tables"]}
     assert rows["leaderboard"] == (len(METHODS) * len(SAMPLERS), True)
