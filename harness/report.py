@@ -198,17 +198,6 @@ def plot_quality_vs_nfe(tables: list[NfeTable], path: Path) -> Path | None:
     return path
 
 
-def nfe_section(records: list[dict], rank_by: str, precision: int, out: Path) -> str:
-    """The quality-at-NFE table and plot, when some method was sampled at more than one NFE."""
-    tables = nfe_tables(records, rank_by)
-    if not any(t.is_sweep for t in tables):
-        return ""
-    text = "## Quality at NFE\n\n" + render_nfe(tables, "markdown", precision)
-    if plot_quality_vs_nfe(tables, out / "quality_vs_nfe.png"):
-        text += f"\n\n![{rank_by} against NFE](quality_vs_nfe.png)\n\n" + NFE_CAPTION.format(metric=rank_by)
-    return text
-
-
 def _lowest_seeds(records: list[dict], results_dir: Path, artefact: str, sampler_order: list[str] | None
                   ) -> tuple[dict[tuple[str, str, str], dict], list[tuple[str, str]], list[str]] | None:
     """For figures of saved samples: the finished record of the lowest seed for each
@@ -850,16 +839,18 @@ def report_blocks(results_dir: Path, out: Path) -> list[Block]:
     return html_blocks(gather(results_dir, out))
 
 
-def write_html_comparison(left: Path, right: Path, out: Path) -> Path:
+def write_html_comparison(left: Path, right: Path, out: Path, summary: list[Block] | None = None) -> Path:
     """Write the HTML reports of two results directories side by side into the file ``out``
-    (plots inline; drawn in a temporary folder)."""
+    (plots inline; drawn in a temporary folder), after the blocks of ``summary`` (what a
+    comparison found, say) under the page's title."""
     import tempfile
 
     names = (left.name, right.name) if left.name != right.name else (str(left), str(right))
     with tempfile.TemporaryDirectory() as tmp:
         columns = h.side_by_side(names[0], report_blocks(left, Path(tmp) / "left"),
                                  names[1], report_blocks(right, Path(tmp) / "right"))
-    return h.write_document(out, f"{names[0]} vs {names[1]}", [h.Heading(f"{names[0]} vs {names[1]}", 1), columns])
+    title = f"{names[0]} vs {names[1]}"
+    return h.write_document(out, title, [h.Heading(title, 1), *(summary or []), columns])
 
 
 def _save(fig: Any, path: Path, dpi: int) -> None:

@@ -196,9 +196,10 @@ def test_the_reproduce_command_keeps_the_suite_file_and_the_overrides(tmp_path):
 
 def test_two_result_sets_side_by_side(tmp_path):
     left, right = tiny_results(tmp_path / "left", "left"), tiny_results(tmp_path / "right", "right")
-    out = report.write_html_comparison(left, right, tmp_path / "compare.html")
+    out = report.write_html_comparison(left, right, tmp_path / "compare.html", [h.Paragraph("1 regression <b>")])
     text = out.read_text()
     assert text.count('<div class="column">') == 2 and "<title>left vs right</title>" in text
+    assert text.index("<p>1 regression &lt;b&gt;</p>") < text.index('<div class="columns"')
     assert "<script" not in text.lower()
     assert len(Page(text).tables["leaderboard"]) == 2 * len(METHODS) * len(SAMPLERS)
 
