@@ -51,7 +51,7 @@ from harness.features import (
     reference_key,
     stats_sha256,
 )
-from harness.measure import NFECounter, PeakMemory, synchronize, time_calls
+from harness.measure import NFECounter, OtherLoad, PeakMemory, synchronize, time_calls
 from harness.metrics import EvalContext, Trajectory
 from harness.plan import EvalJob, canonical
 from harness.seeding import generator
@@ -409,6 +409,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
     # cost: memory and the first call on the first batch, then timed calls on it
     first = source_block(0)[:batch_size]
     first_labels = None if not conditional else label_block(0)[:batch_size]
+    load = OtherLoad().start()  # the machine's other load while this evaluation timed and sampled
     t0 = time.perf_counter()
     with PeakMemory(built.device) as memory:
         sample(model, first, generator(seed, "eval-method", built.device), first_labels)
@@ -571,6 +572,7 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             provenance[spec.name] = metric.provenance(metric_ctx, params)
     floors = _floors(job, built, specs, requests, extractors, references, ctx) if finite and references else {}
     measurements = {
+        "load": load.stop().as_dict(),
         "nfe": ctx.nfe,
         "network_calls": tally.calls,
         "steps": ctx.steps,

@@ -452,6 +452,30 @@ def concurrency_note(records: list[dict], metrics: list[str]) -> str:
             f"machine (--workers); their {', '.join(timed)} are not comparable with runs made alone.")
 
 
+def busy_records(records: list[dict]) -> list[dict]:
+    """Records with a timing taken while other processes loaded the machine: their
+    evaluation's or their training's ``load`` says ``busy`` (see ``harness.measure.OtherLoad``)."""
+    from harness.measure import busy_timing
+
+    return [r for r in records if busy_timing((r.get("measurements") or {}).get("load"))
+            or busy_timing((r.get("train") or {}).get("load"))]
+
+
+def load_note(records: list[dict], metrics: list[str]) -> str:
+    """A warning when timings in the table were taken on a machine that other processes
+    kept busy (more than ``BUSY_CORES`` of CPU), with the largest load seen."""
+    from harness.measure import BUSY_CORES
+
+    timed = [m for m in metrics if m in METRICS and METRICS.get(m).needs & TIMING_NEEDS]
+    busy = busy_records(records)
+    if not timed or not busy:
+        return ""
+    loads = [(r.get(part) or {}).get("load") or {} for r in busy for part in ("measurements", "train")]
+    most = max((ld.get("other_cores") or 0.0) for ld in loads)
+    return (f"Note: {len(busy)} of {len(records)} records were timed on a busy machine (other processes used more "
+            f"than {BUSY_CORES:g} cores, up to {most:.2f}); their {', '.join(timed)} carry that load.")
+
+
 def _no_records(results_dir: Path, older: list[dict], fmt: str, view: str) -> str:
     """What the leaderboard says of a folder without records of its suite; in JSON, a
     document without tables that says it in its notes."""
@@ -498,7 +522,8 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
             frame[m] = None
     tables = build_tables(frame, metrics, rank, variant_labels(records))
     text = render(tables, fmt, precision)
-    notes = [n for n in (concurrency_note(records, metrics), older_records_note(older, results_dir)) if n]
+    notes = [n for n in (concurrency_note(records, metrics), load_note(records, metrics),
+                         older_records_note(older, results_dir)) if n]
     if fmt == "json":
         from harness import table_json
 
@@ -843,7 +868,8 @@ def nfe_leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | Non
     _, default_rank, precision = leaderboard_options(results_dir)
     tables = nfe_tables(records, rank_by or default_rank)
     text = render_nfe(tables, fmt, precision)
-    notes = [n for n in (concurrency_note(records, list(TRAIN_COSTS)), older_records_note(older, results_dir)) if n]
+    notes = [n for n in (concurrency_note(records, list(TRAIN_COSTS)), load_note(records, list(TRAIN_COSTS)),
+                         older_records_note(older, results_dir)) if n]
     if fmt == "json":
         from harness import table_json
 

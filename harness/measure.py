@@ -4,6 +4,7 @@ with warm-up and repeats, and true peak memory. See shared/design/measurement.md
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -96,6 +97,70 @@ def time_calls(fn: Callable[[], Any], device: torch.device | str, warmup: int, r
         warmup_s=warmup_s,
         samples_s=samples,
     )
+
+
+BUSY_CORES = 0.25  # other processes' CPU use, in cores, above which a timing counts as taken under load
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
+
+
+class OtherLoad:
+    """CPU time that *other* processes used while a block ran, in cores.
+
+    Read from ``/proc/stat`` (the machine's busy jiffies: all but idle and iowait) less this
+    process's own ``utime + stime`` (``/proc/self/stat``, all its threads) over the block's
+    wall time. 1.0 means one core was busy elsewhere the whole time. On a machine shared with
+    other jobs (a CI runner, a second worker) a timing is only as good as this figure:
+    records keep it, tables flag timings taken with more than ``BUSY_CORES`` of it, and the
+    regression gate will not call such a timing a regression. The clock ticks at
+    ``SC_CLK_TCK`` (usually 100 Hz), so over a block shorter than about a second the figure
+    is coarse: ``window_s`` says how long it was. None where ``/proc`` is missing.
+
+    ``with OtherLoad() as load: ...`` or ``load = OtherLoad().start(); ...; load.stop()``.
+    """
+
+    def __init__(self) -> None:
+        self.cores: float | None = None
+        self.window_s: float | None = None
+        self._start: tuple[int, int] | None = None
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
+            return None
+        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+        return busy, int(own[11]) + int(own[12])  # utime + stime of this process
+
+    def start(self) -> OtherLoad:
+        self._start, self._t0 = self._read(), time.perf_counter()
+        return self
+
+    def stop(self) -> OtherLoad:
+        end, wall = self._read(), time.perf_counter() - self._t0
+        self.window_s = wall
+        if self._start is not None and end is not None and wall > 0:
+            other = (end[0] - self._start[0]) - (end[1] - self._start[1])
+            self.cores = max(0.0, other * _TICK_S / wall)
+        return self
+
+    def __enter__(self) -> OtherLoad:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def as_dict(self) -> dict:
+        """What records keep: ``other_cores``, ``window_s``, the machine's ``cpu_count`` and
+        ``busy`` (None when it could not be read)."""
+        return {"other_cores": self.cores, "window_s": self.window_s, "cpu_count": os.cpu_count(),
+                "busy": None if self.cores is None else self.cores > BUSY_CORES}
+
+
+def busy_timing(load: dict | None) -> bool:
+    """Whether a recorded load (``OtherLoad.as_dict``) marks its timing as taken under load."""
+    return bool(load and load.get("busy"))
 
 
 _STATUS = Path("/proc/self/status")

@@ -419,6 +419,7 @@ class Resolver:
             samplers=resolved["samplers"],
             metrics=metrics,
             leaderboard=raw.leaderboard,
+            gate=raw.gate,
         )
 
     def _check_samplers_apply(self, resolved: dict[str, list], source: Source) -> None:

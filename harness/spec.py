@@ -256,6 +256,29 @@ class LeaderboardSpec(StrictModel):
     precision: int = Field(4, strict=True, ge=1, le=15, description="significant digits of table values")
 
 
+class Tolerance(StrictModel):
+    """How large a change must be to matter, whatever the statistics say: the larger of
+    ``absolute`` and ``relative`` × |the baseline's mean|. Timings are compared as ratios,
+    so only ``relative`` applies to them (0.1: a 10 % change)."""
+
+    relative: float = Field(0.0, ge=0.0, le=100.0)
+    absolute: float = Field(0.0, ge=0.0)
+
+
+class GateSpec(StrictModel):
+    """The regression gate of ``flowgauge compare``: a change is flagged when it is larger
+    than its metric's tolerance *and* than ``k`` × the noise that ``flowgauge calibrate``
+    measured, and its interval over seeds excludes no change."""
+
+    k: float = Field(3.0, gt=0.0, le=100.0, description="multiple of the A/A noise a change must exceed")
+    tolerances: dict[str, Tolerance] = Field(
+        default_factory=dict, max_length=MAX_LIST,
+        description="per metric (by name; '*' for every other metric); default: 1 % for quality and "
+                    "counts, 10 % for timings and memory")
+    timings: Literal["compare", "skip"] = Field(
+        "compare", description="skip: leave timing and memory metrics out (for machines unlike the baseline's)")
+
+
 SpecRef = Union[str, dict[str, Any]]  # noqa: UP007  a file name under specs/<kind>/ or an inline spec
 
 
@@ -273,6 +296,7 @@ class RawSuite(StrictModel):
     metrics: Annotated[list[str | MetricSpec], Field(min_length=1, max_length=MAX_LIST)] = ["w2", "mmd", "nfe", "latency"]
     leaderboard: LeaderboardSpec = LeaderboardSpec()
     claims: list[Claim] = Field(default_factory=list)
+    gate: GateSpec = GateSpec()
 
 
 class SuiteSpec(StrictModel):
@@ -289,6 +313,7 @@ class SuiteSpec(StrictModel):
     metrics: list[MetricSpec]
     leaderboard: LeaderboardSpec
     claims: list[Claim] = Field(default_factory=list)
+    gate: GateSpec = GateSpec()
 
 
 TeacherSpec.model_rebuild()

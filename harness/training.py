@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from harness.building import Built, autocast, build_optimizer, to_device
 from harness.interfaces import Batch
+from harness.measure import OtherLoad
 from harness.plan import TrainJob
 from harness.seeding import generator
 
@@ -370,6 +371,7 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     bound = bind_teacher(built.method, pairs)
     validation = Validation(job, built, val_pairs) if budget.early_stopping is not None else None
     network.train()
+    load = OtherLoad().start()  # the machine's other load while this run trained
     start = time.perf_counter()
     while (stopped_by := reached(step, time.perf_counter() - start)) is None:
         batch = to_device(batches.next(), built)
@@ -408,6 +410,7 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     if built.device.type == "cuda":
         torch.cuda.synchronize(built.device)
     wall = time.perf_counter() - start
+    load.stop()
     bar.close()
     batches.close()
     stats = {
@@ -426,6 +429,7 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
         "loss_curve": _thin(curve),
         "num_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
         "reused": False,
+        "load": load.as_dict(),
     }
     if pairs is not None:
         stats["teacher_pairs"] = pairs.stats
