@@ -108,6 +108,36 @@ def _parser() -> argparse.ArgumentParser:
                             "code_accepted. Check first: rerun a slice and compare")
     rekey.add_argument("--note", default=None, help="with --accept-code: how the change was checked, kept in the records")
 
+    cmp = sub.add_parser("compare", help="the regression gate: compare a candidate results folder with a baseline; "
+                                         "exit 0 nothing regressed, 1 a regression, 2 cannot compare")
+    cmp.add_argument("baseline", type=Path, metavar="BASELINE")
+    cmp.add_argument("candidate", type=Path, metavar="CANDIDATE")
+    cmp.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    cmp.add_argument("--noise", type=Path, default=None,
+                     help="A/A noise file from `flowgauge calibrate` (default BASELINE/noise.json when it exists)")
+    cmp.add_argument("--k", type=float, default=None, help="multiple of the noise a change must exceed "
+                                                           "(default: the baseline suite's gate.k, else 3)")
+    cmp.add_argument("--tolerance", action="append", default=[], metavar="METRIC=TOL",
+                     help="a metric's practical tolerance: '5%%' relative, '0.01' absolute, '5%%,0.01' both; "
+                          "METRIC '*' for all others; repeatable; overrides the suite's gate")
+    cmp.add_argument("--timings", choices=("compare", "skip"), default=None,
+                     help="skip: leave timing and memory metrics out, e.g. on a CI runner unlike the baseline's "
+                          "machine (default: the suite's gate.timings)")
+    cmp.add_argument("--metrics", default=None, help="comma-separated metrics to compare (default: all)")
+    cmp.add_argument("--out", type=Path, default=None, help="also write the summary to this file")
+    cmp.add_argument("--html", type=Path, default=None,
+                     help="also write an HTML page with the summary and the two reports side by side")
+
+    cal = sub.add_parser("calibrate", help="run a suite several times (A/A) and write the noise of every metric")
+    cal.add_argument("suite", help="suite name under specs/suites/ or a path")
+    cal.add_argument("--repeats", type=_positive_int, default=3, metavar="R",
+                     help="runs of the suite (default 3; the first goes into RESULTS, the others into "
+                          "RESULTS/calibration/repeat-<i>)")
+    cal.add_argument("--results", type=Path, default=None, help="results directory (default results/runs/<suite>/)")
+    cal.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cal.add_argument("--workers", type=_positive_int, default=1, metavar="N")
+    cal.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     board = sub.add_parser("leaderboard", help="render the leaderboard of a results directory")
     board.add_argument("results", type=Path, metavar="RESULTS_DIR")
     board.add_argument("--format", choices=FORMATS, default="markdown", help=FORMAT_HELP)
@@ -432,6 +462,102 @@ def cmd_rekey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tolerances(items: list[str]) -> dict:
+    """``METRIC=5%``, ``METRIC=0.01`` or ``METRIC=5%,0.01`` as gate tolerances."""
+    from harness.errors import SpecError
+    from harness.spec import Tolerance
+
+    out = {}
+    for item in items:
+        metric, sep, value = item.partition("=")
+        relative = absolute = 0.0
+        try:
+            if not sep or not metric.strip():
+                raise ValueError
+            for part in value.split(","):
+                part = part.strip()
+                if part.endswith("%"):
+                    relative = float(part[:-1]) / 100
+                else:
+                    absolute = float(part)
+            out[metric.strip()] = Tolerance(relative=relative, absolute=absolute)
+        except ValueError:
+            raise SpecError(f"--tolerance {item!r}: expected METRIC=TOL with TOL '5%', '0.01' or '5%,0.01' "
+                            "(non-negative numbers)") from None
+    return out
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    _load_registries()
+    import json
+
+    from harness.compare import compare, gate_of, read_noise, render_markdown, to_json
+    from harness.errors import SpecError
+    from harness.results import write_atomic
+
+    for folder in (args.baseline, args.candidate):
+        if not (folder / "records").is_dir():
+            raise SpecError(f"no records folder in {folder} (expected {folder / 'records'}/*.json)")
+    gate = gate_of(args.baseline)
+    updates: dict = {}
+    if args.k is not None:
+        if not (0 < args.k <= 100):
+            raise SpecError(f"--k {args.k}: expected a number in (0, 100]")
+        updates["k"] = args.k
+    if args.timings is not None:
+        updates["timings"] = args.timings
+    if args.tolerance:
+        updates["tolerances"] = {**gate.tolerances, **_tolerances(args.tolerance)}
+    gate = gate.model_copy(update=updates)
+    noise_path = args.noise or (args.baseline / "noise.json")
+    if args.noise is not None and not noise_path.is_file():
+        raise SpecError(f"--noise {noise_path}: no such file (write one with `flowgauge calibrate SUITE`)")
+    noise = read_noise(noise_path) if noise_path.is_file() else None
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    result = compare(args.baseline, args.candidate, gate, noise, str(noise_path) if noise else None, metrics)
+    text = json.dumps(to_json(result), indent=1) + "\n" if args.format == "json" else render_markdown(result)
+    print(text, end="")
+    if args.out is not None:
+        write_atomic(args.out, lambda f: f.write(text.encode("utf-8")))
+    if args.html is not None:
+        from harness.compare import html_blocks
+        from harness.report import write_html_comparison
+
+        print(write_html_comparison(args.baseline, args.candidate, args.html, html_blocks(result)), file=sys.stderr)
+    return result.exit_status
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    _load_registries()
+    import json
+
+    from harness.noise import measure_noise, render_noise, repeat_dirs, self_check
+    from harness.plan import make_plan
+    from harness.resolve import load_suite
+    from harness.results import write_atomic
+    from harness.runner import Runner
+
+    suite = load_suite(args.suite, args.overrides, root=args.specs)
+    _check_resources(suite, args.suite)
+    plan = make_plan(suite)
+    results = args.results or Path("results") / "runs" / suite.name
+    dirs = repeat_dirs(results, args.repeats)
+    failed = 0
+    for i, folder in enumerate(dirs, 1):
+        print(f"calibrate {suite.name}: repeat {i} of {len(dirs)}: {len(plan.trainings)} trainings, "
+              f"{plan.num_evals} evaluations -> {folder}", file=sys.stderr)
+        summary = Runner(folder, progress=not args.no_progress).run(plan, workers=args.workers, origin=_origin(args))
+        failed += summary.counts.get("failed", 0)
+    document = measure_noise(dirs)
+    document["suite"] = suite.name
+    document["self_check"] = self_check(dirs, document, suite.gate)
+    path = results / "noise.json"
+    write_atomic(path, lambda f: f.write((json.dumps(document, indent=1) + "\n").encode("utf-8")))
+    print(render_noise(document, suite.gate.k))
+    print(f"noise figures in {path}", file=sys.stderr)
+    return EXIT_FAILED_RUNS if failed else 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     _load_registries()
     from harness.errors import SpecError
@@ -444,7 +570,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "report": cmd_report, "validate": cmd_validate, "list": cmd_list, "show": cmd_show, "leaderboard": cmd_leaderboard,
-            "claims": cmd_claims, "rekey": cmd_rekey}
+            "claims": cmd_claims, "rekey": cmd_rekey, "compare": cmd_compare, "calibrate": cmd_calibrate}
 
 
 class Terminated(KeyboardInterrupt):
