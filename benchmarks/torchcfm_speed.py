@@ -303,32 +303,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class OtherLoad:
-    """CPU time other processes used while a block ran, in cores (from /proc; None elsewhere)."""
-
-    def _read(self) -> tuple[int, int] | None:
-        try:
-            fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-            own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, ValueError, IndexError):
-            return None
-        busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
-        return busy, int(own[11]) + int(own[12])  # utime + stime of this process
-
-    def __enter__(self) -> OtherLoad:
-        self.start, self.t0, self.cores = self._read(), time.perf_counter(), None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        end, wall = self._read(), time.perf_counter() - self.t0
-        if self.start is not None and end is not None and wall > 0:
-            ticks = os.sysconf("SC_CLK_TCK")
-            other = (end[0] - self.start[0]) - (end[1] - self.start[1])
-            self.cores = max(0.0, other / ticks / wall)
-
-
 def wait_quiet(limit_s: float, below: float) -> float:
     """Wait until other processes used < ``below`` cores over one second, at most ``limit_s``."""
+    from harness.measure import OtherLoad  # the same measurement that records keep
+
     start = time.perf_counter()
     while time.perf_counter() - start < limit_s:
         with OtherLoad() as load:
@@ -378,6 +356,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             waited = wait_quiet(args.wait_quiet, args.quiet_below)
             runs = {}
             other = {}
+            from harness.measure import OtherLoad
+
             for lib in order:
                 with OtherLoad() as load:
                     if lib == "torchcfm":
