@@ -30,6 +30,7 @@ from pathlib import Path
 from harness.compare import NOISE_FORMAT, _identity, compare, is_timing, is_training_metric
 from harness.measure import busy_timing
 from harness.spec import GateSpec
+from harness.statistics import root_mean_square
 
 REPEAT_DIR = "calibration"
 
@@ -82,7 +83,7 @@ def measure_noise(dirs: list[Path]) -> dict:
     for metric, diffs in sorted(per_metric.items()):
         metrics[metric] = {
             "kind": "timing (log ratio)" if is_timing(metric) else "relative difference",
-            "noise": math.sqrt(sum(d * d for d in diffs) / len(diffs)),
+            "noise": root_mean_square(diffs),
             "max": max(abs(d) for d in diffs),
             "pairs": len(diffs),
             "busy_records": busy.get(metric, 0),

@@ -1,5 +1,5 @@
 """Statistics over seeds, in one place: summaries for tables, intervals and verdicts for
-claims (and, later, the regression gate).
+claims, and the regression gate (`harness.compare`, paired by seed; `harness.noise`, A/A noise).
 
 Seeds are the unit of replication. A table shows the mean ± the sample standard deviation
 over seeds. A verdict is a statement about an interval, never about two means alone:
@@ -52,6 +52,15 @@ def summarize(values: Sequence[float]) -> Summary:
     if x.size == 0:
         raise ValueError("summarize needs at least one value")
     return Summary(float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else None, int(x.size))
+
+
+def root_mean_square(values: Sequence[float]) -> float:
+    """√(mean of squares): the typical size of differences whose expectation is zero (two
+    runs of the same code, ``harness.noise``)."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("root_mean_square needs at least one value")
+    return float(np.sqrt(np.mean(x * x)))
 
 
 @dataclass(frozen=True)
