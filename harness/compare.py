@@ -321,7 +321,7 @@ def _what_changed(pairs: list[tuple[dict, dict]]) -> list[str]:
         parts["code"] = (base.get("code_modules"), cand.get("code_modules"))
         diffs = []
         for prefix, (b, c) in parts.items():
-            diffs += _diff_lines(_flatten(b or {}, prefix + "."), _flatten(c or {}, prefix + "."), 8)
+            diffs += _diff_lines(_flatten(b or {}, prefix), _flatten(c or {}, prefix), 8)
         if diffs:
             lines.append(f"{base['method']}: " + "; ".join(diffs))
     return lines[:MAX_LISTED] + ([f"and {len(lines) - MAX_LISTED} more methods"] if len(lines) > MAX_LISTED else [])

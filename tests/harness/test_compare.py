@@ -176,7 +176,7 @@ def test_a_candidate_that_diverged_regresses(tmp_path):
 
 def test_what_the_candidate_changed_is_listed(tmp_path):
     result = compare(results(tmp_path, "a"), results(tmp_path, "b", steps=500), GATE)
-    assert any("spec.budget.train" in d and "1000 → 500" in d for d in result.differences)
+    assert any("spec.budget.train.steps: 1000 → 500" in d for d in result.differences)
 
 
 # the command ------------------------------------------------------------------------------
