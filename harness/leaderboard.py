@@ -498,16 +498,24 @@ def older_records_note(older: list[dict], results_dir: Path) -> str:
             "rows of their own, `flowgauge run ... --prune` deletes them.")
 
 
-def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None,
-                records: list[dict] | None = None, include_older: bool = False, reread_specs: bool = True) -> str:
-    """The tables (and, in markdown and HTML, the claims) of ``results_dir``; ``records``
-    when the caller has already read them. Only the records of the suite as last run are
-    shown unless ``include_older``; each row is one configuration."""
-    from harness.results import records_frame, suite_records
+@dataclass
+class Ranked:
+    """What every rendering of the ranked leaderboard starts from: the records as a frame,
+    the tables built from it, and the notes that go under them."""
 
-    records, older = suite_records(results_dir, records, include_older)
-    if not records:
-        return _no_records(results_dir, older, fmt, "ranked")
+    loaded: Any  # records_frame of the records shown
+    tables: list[Table]
+    metrics: list[str]
+    precision: int
+    notes: list[str]
+
+
+def ranked_tables(results_dir: Path, records: list[dict], older: list[dict], rank_by: str | None = None) -> Ranked:
+    """The ranked tables of ``records`` (the suite's columns, or every metric the records
+    have), ranked by ``rank_by`` or the suite's choice, with the notes on shared or busy
+    machines and on the ``older`` records left out."""
+    from harness.results import records_frame
+
     loaded = records_frame(records)
     frame = loaded.copy()
     metrics, default_rank, precision = leaderboard_options(results_dir)
@@ -521,9 +529,24 @@ def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = 
         if m not in frame:
             frame[m] = None
     tables = build_tables(frame, metrics, rank, variant_labels(records))
-    text = render(tables, fmt, precision)
     notes = [n for n in (concurrency_note(records, metrics), load_note(records, metrics),
                          older_records_note(older, results_dir)) if n]
+    return Ranked(loaded, tables, metrics, precision, notes)
+
+
+def leaderboard(results_dir: Path, fmt: str = "markdown", rank_by: str | None = None,
+                records: list[dict] | None = None, include_older: bool = False, reread_specs: bool = True) -> str:
+    """The tables (and, in markdown and HTML, the claims) of ``results_dir``; ``records``
+    when the caller has already read them. Only the records of the suite as last run are
+    shown unless ``include_older``; each row is one configuration."""
+    from harness.results import suite_records
+
+    records, older = suite_records(results_dir, records, include_older)
+    if not records:
+        return _no_records(results_dir, older, fmt, "ranked")
+    ranked = ranked_tables(results_dir, records, older, rank_by)
+    loaded, tables, precision, notes = ranked.loaded, ranked.tables, ranked.precision, ranked.notes
+    text = render(tables, fmt, precision)
     if fmt == "json":
         from harness import table_json
 

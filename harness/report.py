@@ -19,7 +19,6 @@ from harness.htmldoc import Block, Code, Span, Strong
 from harness.leaderboard import (
     NfeTable,
     badness,
-    build_tables,
     format_mean_std,
     header,
     higher_is_better,
@@ -27,7 +26,6 @@ from harness.leaderboard import (
     leaderboard_options,
     nfe_tables,
     render_nfe,
-    variant_labels,
 )
 from harness.results import records_frame, suite_records, write_atomic
 
@@ -638,25 +636,16 @@ def leaderboard_blocks(results_dir: Path, records: list[dict], older: list[dict]
     """The leaderboard's tables (as :func:`harness.leaderboard.leaderboard` builds them), its
     notes, and the claims with their verdicts and the test behind each."""
     from harness.claims import evaluate, suite_claims
-    from harness.leaderboard import concurrency_note, current_claims, older_records_note
+    from harness.leaderboard import current_claims, ranked_tables
     from harness.results import read_suite
 
     if not records:
         return [h.Paragraph(f"no records under {results_dir / 'records'}"
                             + (f" ({len(older)} older ones left out)" if older else ""))]
-    loaded = records_frame(records)
-    frame = loaded.copy()
-    metrics, rank, precision = leaderboard_options(results_dir)
-    if not metrics:
-        fixed = {"key", "config", "suite", "dataset", "method", "sampler", "seed", "status"}
-        metrics = [c for c in frame.columns if c not in fixed and not c.endswith("@provenance")]
-    if rank not in metrics:
-        metrics = [rank, *metrics]
-    for m in metrics:
-        if m not in frame:
-            frame[m] = None
+    ranked = ranked_tables(results_dir, records, older)
+    loaded, precision = ranked.loaded, ranked.precision
     blocks: list[Block] = [h.Heading("Leaderboard", 2)]
-    for table in build_tables(frame, metrics, rank, variant_labels(records)):
+    for table in ranked.tables:
         rows = []
         for i, row in enumerate(table.rows, 1):
             if row.status != "ok":
@@ -670,7 +659,7 @@ def leaderboard_blocks(results_dir: Path, records: list[dict], older: list[dict]
                            f"ranked by {header(table.rank_by)}; best in bold; mean ± std over seeds",
                            "rllr" + "r" * len(table.metrics), cls="leaderboard"),
                    *(h.Paragraph(note) for note in table.notes)]
-    blocks += [h.Paragraph(n) for n in (concurrency_note(records, metrics), older_records_note(older, results_dir)) if n]
+    blocks += [h.Paragraph(n) for n in ranked.notes]
     stored = read_suite(results_dir, quiet=True)
     if stored is None:
         return blocks

@@ -66,6 +66,22 @@ def jobs(family: Family) -> tuple[Any, Any]:
     return train, plan.evals[train.key][0]
 
 
+def built_family(method: str) -> tuple[Family, Any, Any, Any]:
+    """(the family, its training job, its evaluation job, the built method) of ``method``:
+    the hardware configured, ``THREADS`` torch threads, seeded, as a benchmark's setup needs."""
+    import torch
+
+    from harness.building import build, configure
+    from harness.seeding import seed_everything
+
+    family = FAMILIES[method]
+    train, evaluation = jobs(family)
+    device = configure(train.hardware)
+    torch.set_num_threads(THREADS)
+    seed_everything(0)
+    return family, train, evaluation, build(train, device)
+
+
 def fixed_batch(built: Any, size: int, seed: int = 0) -> Any:
     """A training batch of ``size`` rows, the same every time: source noise, data from the
     training split (or the exact sampler), and classes where the data has them."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .common import FAMILIES, THREADS, jobs
+from .common import FAMILIES, built_family
 
 
 class Sample:
@@ -23,16 +23,9 @@ class Sample:
     def setup(self, method: str) -> None:
         import torch
 
-        from harness.building import build, configure
         from harness.evaluation import make_solver
-        from harness.seeding import seed_everything
 
-        family = FAMILIES[method]
-        train, evaluation = jobs(family)
-        device = configure(train.hardware)
-        torch.set_num_threads(THREADS)
-        seed_everything(0)
-        self.built = build(train, device)
+        family, _, evaluation, self.built = built_family(method)
         self.network = self.built.network.eval()
         self.solver, _ = make_solver(evaluation, self.built, self.network, {}, None,
                                      evaluation.sampler.solver, evaluation.sampler.params)

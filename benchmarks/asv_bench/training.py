@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .common import FAMILIES, THREADS, fixed_batch, jobs
+from .common import FAMILIES, built_family, fixed_batch
 
 
 class TrainStep:
@@ -18,17 +18,9 @@ class TrainStep:
     timeout = 120
 
     def setup(self, method: str) -> None:
-        import torch
+        from harness.building import build_optimizer
 
-        from harness.building import build, build_optimizer, configure
-        from harness.seeding import seed_everything
-
-        family = FAMILIES[method]
-        train, _ = jobs(family)
-        device = configure(train.hardware)
-        torch.set_num_threads(THREADS)
-        seed_everything(0)
-        self.built = build(train, device)
+        family, train, _, self.built = built_family(method)
         self.optimizer = build_optimizer(train, self.built.network)
         self.batch = fixed_batch(self.built, family.train_batch)
         self.network = self.built.network.train()
