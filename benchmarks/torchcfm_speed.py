@@ -129,13 +129,14 @@ def torchcfm_sample(model: Any, x0: Any, atol: float, rtol: float) -> Any:
 # --- the flowgauge side: the runner's own training path -----------------------------------
 
 
-def load_protocol(steps: int, threads: int, prefetch_workers: int | None) -> Any:
-    """The suite with ``steps`` optimiser steps in all (TorchCFM's warm-up + timed steps)."""
+def load_protocol(steps: int, threads: int | None, prefetch_workers: int | None) -> Any:
+    """The suite with ``steps`` optimiser steps in all (TorchCFM's warm-up + timed steps);
+    ``threads`` None leaves ``hardware.threads`` null, flowgauge's default (``harness.threads``)."""
     import harness.metrics  # noqa: F401  registers the metrics
     import implementations  # noqa: F401  registers methods, datasets, solvers, networks, optimisers
     from harness.resolve import load_suite
 
-    overrides = [f"budget.train.steps={steps}", f"hardware.threads={threads}"]
+    overrides = [f"budget.train.steps={steps}", f"hardware.threads={'null' if threads is None else threads}"]
     if prefetch_workers is not None:
         overrides.append(f"hardware.prefetch_workers={prefetch_workers}")
     return load_suite(str(SUITE), overrides, root=REPO / "specs")
@@ -145,6 +146,7 @@ def flowgauge_train(suite: Any, method: str, seed: int) -> Trained:
     from harness.building import build, configure
     from harness.plan import TrainJob
     from harness.seeding import seed_everything
+    from harness.threads import apply_threads
     from harness.training import train
 
     spec = next(m for m in suite.methods if m.name == SUITE_METHOD[method])
@@ -152,6 +154,7 @@ def flowgauge_train(suite: Any, method: str, seed: int) -> Trained:
     device = configure(job.hardware)
     seed_everything(seed)
     built = build(job, device)
+    threads_choice = apply_threads(job.hardware, built.method)  # as the runner's Unit does
     cpu = time.process_time()
     result = train(job, built, progress=False)
     cpu = time.process_time() - cpu  # all threads of the process, prefetch workers included
@@ -161,7 +164,14 @@ def flowgauge_train(suite: Any, method: str, seed: int) -> Trained:
     return Trained("flowgauge", method, seed, s["steps"], s["steps_per_s"], s["train_s"], s["final_loss"],
                    (built, result.model),
                    {"wall_s": s["wall_s"], "first_step_s": s["first_step_s"], "train_s": s["train_s"],
-                    "train_key": job.key, "cpu_s": cpu, "cpu_ms_per_step": 1e3 * cpu / s["steps"]})
+                    "train_key": job.key, "cpu_s": cpu, "cpu_ms_per_step": 1e3 * cpu / s["steps"],
+                    "torch_threads": torch_threads(), "threads_choice": threads_choice})
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def flowgauge_sample(model: Any, x0: Any, sampler_spec: Any) -> Any:
@@ -230,8 +240,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"flowgauge vs TorchCFM {env.get('torchcfm')} — 2D tutorial protocol, {cfg['train_steps']} training steps "
         f"on each side (TorchCFM: {cfg['warmup_torchcfm']} warm-up + {cfg['steps']} timed), "
-        f"{cfg['repeats']} repeats, torch threads {env['torch_threads']} (both sides), "
-        f"flowgauge prefetch_workers {cfg['prefetch_workers']}, CPU {env['cpu']} ×{env['cpu_count']}, "
+        f"{cfg['repeats']} repeats, torch threads: "
+        + (f"{cfg['torchcfm_threads']} for TorchCFM (torch's default), flowgauge's own choice "
+           f"({(report['repeats'][0]['flowgauge'].get('threads_choice') if report['repeats'] else 'n/a')}), "
+           if cfg.get("threads") == "default" else f"{env['torch_threads']} (both sides), ")
+        + f"flowgauge prefetch_workers {cfg['prefetch_workers']}, CPU {env['cpu']} ×{env['cpu_count']}, "
         f"torch {env['torch']}, commit {str(env.get('git_commit'))[:10]}{' (dirty)' if env.get('git_dirty') else ''}",
         "",
         "| method | repeat | seed | TorchCFM steps/s | flowgauge steps/s | ratio | other load, cores (TorchCFM / flowgauge) |",
@@ -286,7 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=20, help="untimed TorchCFM steps before timing (default 20)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per method (default 5)")
     p.add_argument("--threads", default="1",
-                   help="torch threads for both sides: a number, or 'default' for torch's default (default 1)")
+                   help="torch threads for both sides: a number, or 'default': each library's default, torch's "
+                        "for TorchCFM and flowgauge's own choice (hardware.threads null, harness.threads) (default 1)")
     p.add_argument("--prefetch-workers", type=int, default=None,
                    help="flowgauge's hardware.prefetch_workers (default: the spec's, 2); 0 pairs inline")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (repeats cycle through them)")
@@ -328,13 +342,14 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     import torch
 
     default_threads = torch.get_num_threads()
-    threads = default_threads if args.threads == "default" else int(args.threads)
+    defaults = args.threads == "default"
+    threads = default_threads if defaults else int(args.threads)
     if threads < 1:
         raise ValueError("--threads must be >= 1 or 'default'")
     # Both sides take the same number of optimiser steps: TorchCFM's warm-up plus its timed
     # steps. flowgauge's steps_per_s leaves out only its first step.
     train_steps = args.warmup + args.steps
-    suite = load_protocol(train_steps, threads, args.prefetch_workers)
+    suite = load_protocol(train_steps, None if defaults else threads, args.prefetch_workers)
     from harness.building import configure
     from harness.metrics import wasserstein
 
@@ -359,6 +374,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
             from harness.measure import OtherLoad
 
             for lib in order:
+                if lib == "torchcfm":  # flowgauge may have chosen other threads for its run
+                    torch.set_num_threads(threads)
                 with OtherLoad() as load:
                     if lib == "torchcfm":
                         runs[lib] = torchcfm_train(method, args.steps, args.warmup, seed)
@@ -446,7 +463,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         "python_executable": sys.executable,
         "config": {"steps": args.steps, "warmup_torchcfm": args.warmup, "train_steps": train_steps,
                    "repeats": args.repeats, "wait_quiet_s": args.wait_quiet, "quiet_below_cores": args.quiet_below,
-                   "seeds": args.seeds, "methods": args.methods, "threads": threads,
+                   "seeds": args.seeds, "methods": args.methods,
+                   "threads": "default" if defaults else threads,
+                   "torchcfm_threads": threads,
+                   "flowgauge_threads": "hardware.threads null: harness.threads chooses" if defaults else threads,
                    "prefetch_workers": suite.hardware.prefetch_workers, "batch_size": BATCH, "sigma": SIGMA,
                    "lr": LR, "num_samples": args.num_samples, "atol": atol, "rtol": rtol,
                    "suite": str(SUITE.relative_to(REPO)),

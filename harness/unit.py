@@ -30,6 +30,7 @@ from harness.measure import NFECounter
 from harness.plan import EvalJob, TrainJob, canonical, spec_hash
 from harness.results import RECORD_SCHEMA, record_path, write_atomic, write_json_atomic
 from harness.seeding import generator, seed_everything
+from harness.threads import apply_threads
 from harness.training import Pairs, TrainResult, train
 
 
@@ -54,6 +55,7 @@ class Unit:
         self.store = ArtefactStore(self.results_dir)
         self.progress = progress
         self.concurrency = concurrency
+        self.threads_choice: str | None = None  # how this process chose its torch threads (harness.threads)
 
     def run(self, job: TrainJob, evals: list[EvalJob], summary: Summary) -> None:
         """Build, train or load, evaluate every sampler, write one record each."""
@@ -61,6 +63,7 @@ class Unit:
             device = configure(job.hardware)
             seed_everything(job.seed)
             built = build(job, device, self.store, self.progress)
+            self.threads_choice = apply_threads(job.hardware, built.method, self.concurrency)  # a null threads: chosen
             result = self.train_or_load(job, built)
         except StorageError:
             raise  # the results folder, not the run: nothing more can be written
@@ -192,7 +195,8 @@ class Unit:
             "train": train_stats,
             "spec": job.spec,
             "code_modules": record_code(job.spec)[1],  # the fingerprints behind spec.code, by module
-            "environment": {**environment(job.train.hardware.device), "concurrent_runs": self.concurrency},
+            "environment": {**environment(job.train.hardware.device), "concurrent_runs": self.concurrency,
+                            **({"threads_choice": self.threads_choice} if self.threads_choice else {})},
             "artefacts": artefacts or {},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -1,0 +1,55 @@
+"""A null ``hardware.threads`` becomes the run's own choice (harness.threads)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from harness.threads import choose_threads
+
+
+def hardware(threads=None, device="cpu", prefetch_workers=2):
+    return SimpleNamespace(threads=threads, device=device, prefetch_workers=prefetch_workers)
+
+
+PAIRING = SimpleNamespace(prepare=lambda batch, gen: batch, prefetch=True)  # exact OT, Sinkhorn
+PLAIN = SimpleNamespace()  # independent pairs: nothing prepared beside the step
+
+
+@pytest.mark.parametrize(("cores", "concurrency", "method", "expected"), [
+    (2, 1, PLAIN, 2),     # alone, nothing beside it: every core
+    (2, 1, PAIRING, 1),   # two pairing threads on two cores: one torch thread, never zero
+    (8, 1, PAIRING, 6),
+    (8, 2, PLAIN, 4),     # two runs share the machine: half each
+    (2, 2, PLAIN, 1),
+    (3, 4, PLAIN, 1),     # more runs than cores: still one
+])
+def test_threads_follow_cores_runs_and_pairing(cores, concurrency, method, expected):
+    threads, why = choose_threads(hardware(), method, concurrency, cores=cores)
+    assert threads == expected
+    assert why.startswith("auto:") and why.endswith(f"-> {expected}")
+
+
+def test_a_set_number_is_kept_and_cuda_keeps_torch_default():
+    assert choose_threads(hardware(threads=3), PAIRING, 4, cores=2) == (3, "set by hardware.threads")
+    assert choose_threads(hardware(device="cuda"), PAIRING, 1, cores=2)[0] is None
+
+
+def test_pairing_without_prefetch_workers_costs_no_thread():
+    assert choose_threads(hardware(prefetch_workers=0), PAIRING, 1, cores=2)[0] == 2
+
+
+@pytest.mark.slow
+def test_records_say_how_threads_were_chosen(tmp_path):
+    from tests.conftest import run_cli
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nhardware: cpu\nbudget: {train: {steps: 5}, eval: {num_samples: 50}}\n"
+                     "datasets: [moons]\nmethods: [otcfm]\nsamplers: [euler-1]\nmetrics: [w2]\n")
+    assert run_cli("run", str(suite), "--results", str(tmp_path / "r"), "--no-progress").returncode == 0
+    import json
+
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "r" / "records").glob("*.json")]
+    assert record["environment"]["threads_choice"].startswith("auto:")
+    assert "pairing" in record["environment"]["threads_choice"]
