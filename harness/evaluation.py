@@ -345,8 +345,14 @@ def _floors(job: EvalJob, built: Built, specs: list, requests: dict[str, Feature
 
 
 def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
-             store: ArtefactStore | None = None) -> tuple[str, dict, dict, dict[str, tuple[str, Any]]]:
+             store: ArtefactStore | None = None, group: Any = None
+             ) -> tuple[str, dict, dict, dict[str, tuple[str, Any]]] | None:
     """Sample with one sampler in batches; measure NFE, latency, memory; compute the metrics.
+
+    ``group`` (a :class:`harness.distributed.Group`): this process is one of several ranks
+    sharing the sampling. Rank r samples the blocks b ≡ r (mod world); rank 0 gathers every
+    shard, merges them in block order (the one-process result, exactly) and computes the
+    metrics; the other ranks return None.
 
     Also returns the files to keep beside the record, by name: (suffix, write(binary file)).
     Two-dimensional data: "points", up to SAVED_POINTS source points, the samples generated
@@ -454,7 +460,8 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
     merged: Shard | None = None
     resumed = 0
     computed: list[float] = []  # seconds of the batches sampled in this process
-    for block in range(num_shards):
+    shards: dict[int, Shard] = {}
+    for block in range(num_shards) if group is None else group.blocks(num_shards):
         path = store.shard_path(job.key, block) if store is not None and num_shards > 1 else None
         if path is not None and path.is_file():
             shard = Shard.load(path, point_names)
@@ -464,7 +471,19 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
             computed += shard.tally.batch_s
             if path is not None:
                 shard.save(path)
-        merged = shard if merged is None else merged.merge(shard)
+        if group is None:
+            merged = shard if merged is None else merged.merge(shard)
+        else:
+            shards[block] = shard
+    if group is not None:
+        from harness.distributed import gather_shards
+
+        gathered = gather_shards(group, shards, resumed, computed)
+        if gathered is None:
+            return None  # rank > 0: rank 0 merges and computes the metrics
+        shards, resumed, computed = gathered
+        for block in range(num_shards):  # in block order: what one process merges
+            merged = shards[block] if merged is None else merged.merge(shards[block])
     assert merged is not None
     tally = merged.tally
     bad = tally.non_finite + tally.out_of_range

@@ -399,6 +399,7 @@ class Resolver:
             raise SpecError(f"{runs} evaluations (seeds x datasets x methods x samplers) is more than a suite may "
                             f"hold ({MAX_RUNS}); split it into several suites", source.loc())
         self._check_samplers_apply(resolved, source)
+        self._check_devices(hardware, resolved["methods"], source)
         claims = self._claims(raw.claims, source, methods=[m.name for m in resolved["methods"]])
         samplers = [s.name for s in resolved["samplers"]]
         for i, claim in enumerate(claims):
@@ -421,6 +422,26 @@ class Resolver:
             leaderboard=raw.leaderboard,
             gate=raw.gate,
         )
+
+    @staticmethod
+    def _check_devices(hardware: HardwareSpec, methods: list[MethodSpec], source: Source) -> None:
+        """With ``hardware.devices`` W > 1 every rank trains on batch_size / W rows of each
+        global batch (harness.distributed): a batch that does not split evenly is refused,
+        a teacher's included (it trains on the same hardware)."""
+        world = hardware.devices
+        if world == 1:
+            return
+        for i, method in enumerate(methods):
+            spec, where = method, ""
+            while spec is not None:
+                if spec.batch_size % world:
+                    raise SpecError(f"methods[{i}]: {method.name!r}{where} has batch_size {spec.batch_size}, which "
+                                    f"hardware.devices = {world} does not divide: each device trains on an equal "
+                                    "slice of every batch; choose a batch_size that is a multiple of "
+                                    f"{world}", source.loc(("methods", i)))
+                teacher = spec.teacher
+                spec = None if teacher is None else teacher.method
+                where = f" (its teacher {spec.name!r})" if spec is not None else where
 
     def _check_samplers_apply(self, resolved: dict[str, list], source: Source) -> None:
         """Every method has at least one sampler of the suite that can sample it (see

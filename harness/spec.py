@@ -190,6 +190,19 @@ class HardwareSpec(StrictModel):
                               "convolutions on CUDA (both); null keeps torch's defaults (matmul off, cuDNN on)")
     channels_last: bool = added(False, added_in="issue 12", description="keep image networks' weights in "
                                 "channels-last memory format (faster convolutions on tensor cores)")
+    devices: Annotated[int, Field(strict=True, ge=1, le=64)] = added(
+        1, added_in="issue 16", description="processes that train one run together (DistributedDataParallel, one "
+        "device each on CUDA) and share its sampling; the method's batch_size is the global batch and must be "
+        "divisible by it. See harness.distributed for what does and does not depend on it")
+    backend: Literal["gloo", "nccl"] | None = added(
+        None, added_in="issue 16", description="torch.distributed backend when devices > 1; null: nccl on cuda, "
+        "gloo on cpu")
+
+    @model_validator(mode="after")
+    def _backend(self) -> HardwareSpec:
+        if self.backend == "nccl" and self.device != "cuda":
+            raise ValueError("backend: nccl needs device: cuda; use gloo (or null) on the cpu")
+        return self
 
 
 # --- parts of a suite -----------------------------------------------------------------

@@ -314,7 +314,7 @@ class Validation:
 
 
 def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = None,
-          val_pairs: Pairs | None = None) -> TrainResult:
+          val_pairs: Pairs | None = None, group: Any = None) -> TrainResult:
     """Train under the budget: stop at whichever of steps/seconds/samples/epochs comes first.
 
     The seconds budget stops before a step that would end past it (by the mean step time so
@@ -327,16 +327,22 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     The method spec's ``grad_clip`` clips before, its ``warmup_steps`` schedule and ``ema``
     average update after, every optimiser step. With ``ema``, validation scores the average
     and the network ends holding it (the best check's average under ``restore_best``), so
-    evaluation and the saved model use it; the raw weights are returned in ``raw_state``."""
+    evaluation and the saved model use it; the raw weights are returned in ``raw_state``.
+
+    ``group`` (a :class:`harness.distributed.Group`): this process is one rank of several
+    training the run together. It trains on its slice of every global batch with its own
+    method-noise stream, through DistributedDataParallel (the gradients averaged over the
+    ranks), and the ranks agree on the logged loss and on when to stop."""
     budget, hw = job.budget, job.hardware
     network = built.network
     model = torch.compile(network) if hw.compile else network
+    step_model = model if group is None else group.wrap(model)  # the loss's model: DDP averages its gradients
     optimizer = build_optimizer(job, network)
     clip = GradientClipping(network, job.method.grad_clip) if job.method.grad_clip is not None else None
     scheduler = warmup_schedule(optimizer, job.method.warmup_steps)
     ema = WeightAverage(network, job.method.ema) if job.method.ema is not None else None
     data_gen = generator(job.seed, "data")
-    method_gen = generator(job.seed, "method", built.device)
+    method_gen = generator(job.seed, "method" if group is None else group.method_stream, built.device)
     stream = BatchStream(built.space, job.method.batch_size, data_gen, pairs)
     batches = PreparedBatches(stream, built.method, job.seed, hw.prefetch_workers)
     split_size = stream.epoch_size
@@ -352,6 +358,12 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
         if budget.seconds is not None and step and elapsed + step_time(step, elapsed) > budget.seconds:
             return "seconds"
         return None
+
+    def clock() -> float:
+        """Seconds since the start: with ranks and a time budget, the slowest rank's, so
+        that they all stop at the same step."""
+        elapsed = time.perf_counter() - start
+        return elapsed if group is None or budget.seconds is None else group.max(elapsed)
 
     def step_time(step: int, elapsed: float) -> float:
         """The expected time of the next step: the mean after the first (which carries
@@ -373,10 +385,10 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     network.train()
     load = OtherLoad().start()  # the machine's other load while this run trained
     start = time.perf_counter()
-    while (stopped_by := reached(step, time.perf_counter() - start)) is None:
-        batch = to_device(batches.next(), built)
+    while (stopped_by := reached(step, clock())) is None:
+        batch = to_device(batches.next() if group is None else group.rows(batches.next()), built)
         with autocast(hw, built.device):
-            loss = built.method.loss(model, batch, method_gen)
+            loss = built.method.loss(step_model, batch, method_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip is not None:
@@ -391,8 +403,8 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
         window_n += 1
         if first_step_s is None:
             first_step_s = time.perf_counter() - start  # includes torch.compile when on
-        if step % budget.log_every == 0 or reached(step, time.perf_counter() - start):
-            mean = float(window) / window_n
+        if step % budget.log_every == 0 or reached(step, clock()):
+            mean = float(window if group is None else group.mean(window)) / window_n
             curve.append((step, mean))
             window.zero_()
             window_n = 0
@@ -431,6 +443,8 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
         "reused": False,
         "load": load.as_dict(),
     }
+    if group is not None:
+        stats["distributed"] = group.describe()
     if pairs is not None:
         stats["teacher_pairs"] = pairs.stats
     clash = sorted(set(bound) & set(stats))

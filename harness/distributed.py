@@ -1,0 +1,258 @@
+"""One run on several devices: data-parallel training with DistributedDataParallel and
+sampling shared across the ranks (``hardware.devices`` W > 1).
+
+Launch. :func:`run_unit` starts W processes with ``torch.multiprocessing`` (spawn), one
+device each on CUDA (``cuda:r``), joined by a process group (nccl on CUDA, gloo on the
+CPU, or ``hardware.backend``) rendezvousing through a file, so no port is needed. Every
+rank builds, trains and samples; rank 0 alone writes the trained model, the teacher's
+pairs, the records and their files. Artefacts a run makes before it trains (an
+autoencoder, a teacher's pairs) are made by rank 0 first while the others wait, then read
+from the store. A rank that raises ends its process; the others are stopped, the process
+group is torn down, and the unit's unwritten records fail with that rank's error.
+
+What does not depend on W, and what does:
+
+- The data. Every step draws the global batch of ``batch_size`` rows from the run's one
+  ``data`` stream, exactly as one device does (a method's ``prepare``, e.g. an exact-OT
+  pairing, sees the whole batch), and rank r trains on rows [r·B/W, (r+1)·B/W). So every
+  step sees the same pairs whatever W is.
+- The update. DDP averages the ranks' gradients; with a loss that is a mean over rows the
+  average of the W slice means is the mean over the batch, so a step's update is the
+  one-device update of the same rows and the same method randomness (to float round-off:
+  the sum runs in another order). Gradient clipping, warmup and the weight average act on
+  that averaged gradient, as on one device. Validation scores every held-out pair on
+  every rank with the same weights, so early stopping decides alike everywhere.
+- The method's own randomness (time samples t, noise ε) does depend on W: rank 0 draws
+  from the run's ``method`` stream, rank r > 0 from ``method/rank{r}``, each for its slice
+  only. A W-device run is therefore equal in distribution to a one-device run, not
+  bitwise equal; its training key differs (``hardware.devices`` is part of it).
+- Sampling and metrics do not depend on W. The evaluation's noise comes in blocks of
+  ``shard_size``, each from its own stream; rank r samples blocks b ≡ r (mod W), rank 0
+  gathers every shard and merges them in block order, and the metrics are computed once
+  from the merged accumulators (global statistics: the points of W2 and MMD, the feature
+  sums of a Fréchet distance; never an average of per-rank values). Given the same
+  trained model, W ranks produce the one-process result exactly. An evaluation of one
+  shard (num_samples ≤ shard_size) runs on rank 0 alone.
+- Timings (latency, throughput, step rate) are rank 0's, taken while the other ranks run;
+  on the CPU each rank gets cores / W torch threads unless ``hardware.threads`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from harness.interfaces import Batch
+from harness.plan import EvalJob, TrainJob
+from harness.spec import HardwareSpec
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in the process group that trains one run."""
+
+    rank: int
+    world: int
+    backend: str
+    device: torch.device
+
+    @property
+    def leader(self) -> bool:
+        """Rank 0: the one that writes."""
+        return self.rank == 0
+
+    @property
+    def method_stream(self) -> str:
+        """The stream of the method's randomness on this rank: rank 0 keeps the one-device
+        stream's name, the others draw from streams of their own."""
+        return "method" if self.rank == 0 else f"method/rank{self.rank}"
+
+    def rows(self, batch: Batch) -> Batch:
+        """This rank's contiguous slice of a global batch (``times`` is shared by every row)."""
+        n = len(batch.x_0)
+        if n % self.world:
+            raise ValueError(f"a batch of {n} rows does not split into {self.world} equal slices")
+        part = slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[part]
+
+        return Batch(x_0=batch.x_0[part], x_1=batch.x_1[part], weights=cut(batch.weights), labels=cut(batch.labels),
+                     path=cut(batch.path), times=batch.times)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` in DistributedDataParallel: gradients averaged over the ranks in
+        backward. No buffers are broadcast (this project's networks hold none that
+        change), so a forward pass is no collective."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean over the ranks of a tensor (a copy; every rank gets it)."""
+        total = value.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total / self.world
+
+    def max(self, value: float) -> float:
+        """The largest of the ranks' values: decisions taken on it agree everywhere."""
+        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
+    def blocks(self, count: int) -> range:
+        """This rank's share of ``count`` evaluation blocks: b ≡ rank (mod world)."""
+        return range(self.rank, count, self.world)
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        """Every rank's ``obj`` on rank 0, in rank order; None on the others."""
+        out: list[Any] | None = [None] * self.world if self.leader else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
+    def barrier(self) -> None:
+        dist.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" else dist.barrier()
+
+    @property
+    def _comm_device(self) -> torch.device:
+        return self.device if self.backend == "nccl" else torch.device("cpu")
+
+    def describe(self) -> dict[str, Any]:
+        return {"world_size": self.world, "backend": self.backend,
+                "method_noise": "per rank: rank 0 'method', rank r 'method/rank{r}'",
+                "batch_split": "contiguous slices of each global batch"}
+
+
+@contextlib.contextmanager
+def leader_first(group: Group | None) -> Iterator[None]:
+    """Rank 0 runs the block first (making and storing what it makes), the others after
+    it, reading what it stored."""
+    if group is None:
+        yield
+        return
+    if not group.leader:
+        group.barrier()
+    yield
+    if group.leader:
+        group.barrier()
+
+
+def gather_shards(group: Group, shards: dict[int, Any], resumed: int, computed: list[float]
+                  ) -> tuple[dict[int, Any], int, list[float]] | None:
+    """Every rank's evaluation shards (by block), resumed count and timed batches, on rank
+    0; None on the others."""
+    parts = group.gather((shards, resumed, computed))
+    if parts is None:
+        return None
+    every: dict[int, Any] = {}
+    for own, _, _ in parts:
+        every.update(own)
+    return every, sum(r for _, r, _ in parts), [s for _, _, c in parts for s in c]
+
+
+def backend_of(hardware: HardwareSpec) -> str:
+    return hardware.backend or ("nccl" if hardware.device == "cuda" else "gloo")
+
+
+def check_devices(hardware: HardwareSpec) -> None:
+    """Refuse, before any process starts, W devices that this machine does not have."""
+    if hardware.device == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count < hardware.devices:
+            raise RuntimeError(f"hardware.devices is {hardware.devices} on cuda, but this machine has {count} CUDA "
+                               "device(s) (torch.cuda.device_count())")
+    if backend_of(hardware) == "nccl" and not dist.is_nccl_available():
+        raise RuntimeError("hardware.backend nccl: this torch has no NCCL; use gloo")
+    if not dist.is_available():
+        raise RuntimeError("hardware.devices > 1 needs torch.distributed, which this torch lacks")
+
+
+def start(hardware: HardwareSpec, rank: int, world: int, init_method: str) -> Group:
+    """Join the process group as ``rank`` of ``world`` and apply the hardware settings
+    (one device per rank on CUDA; cores / world threads per rank on the CPU unless
+    ``hardware.threads`` says)."""
+    from harness.building import configure
+
+    configure(hardware)
+    if hardware.device == "cuda":
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        if hardware.threads is None:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    backend = backend_of(hardware)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+    return Group(rank, world, backend, device)
+
+
+def _rank_main(rank: int, world: int, init_method: str, parent: int, results_dir: Path, job: TrainJob,
+               evals: list[EvalJob], progress: bool, concurrency: int, outbox: Any) -> None:
+    """One rank: join the group, run the unit, hand rank 0's counts back."""
+    from harness.executors import _worker_init
+    from harness.unit import Summary, Unit
+
+    _worker_init(parent)
+    group = start(job.hardware, rank, world, init_method)
+    try:
+        summary = Summary()
+        Unit(results_dir, progress and group.leader, concurrency, group=group).run(job, evals, summary)
+        group.barrier()  # nobody leaves while another may still need it
+        if group.leader:
+            outbox.put(summary.counts)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], progress: bool,
+             concurrency: int) -> dict[str, int]:
+    """Run one unit in ``job.hardware.devices`` processes; its counts by status. A unit
+    that cannot start, or whose rank fails, has its unwritten records written as failed
+    with the cause."""
+    from harness.unit import Unit, _error
+
+    world = job.hardware.devices
+    try:
+        check_devices(job.hardware)
+    except RuntimeError as err:
+        return _fail(Unit(results_dir, False, concurrency), evals, _error(err))
+    rendezvous = Path(tempfile.mkdtemp(prefix="flowgauge-ddp-"))
+    context = torch.multiprocessing.get_context("spawn")
+    outbox = context.SimpleQueue()
+    try:
+        torch.multiprocessing.start_processes(
+            _rank_main, nprocs=world, join=True, start_method="spawn",
+            args=(world, f"file://{rendezvous / 'store'}", os.getpid(), Path(results_dir), job, evals, progress,
+                  concurrency, outbox))
+    except torch.multiprocessing.ProcessException as err:
+        why = f"RankFailed: rank {err.error_index} of {world}: {err}"
+        return _fail(Unit(results_dir, False, concurrency), evals, why)
+    finally:
+        shutil.rmtree(rendezvous, ignore_errors=True)
+    return outbox.get() if not outbox.empty() else {}
+
+
+def _fail(unit: Any, evals: list[EvalJob], why: str) -> dict[str, int]:
+    """Write ``why`` as the failure of each evaluation of the unit that has no record yet."""
+    import json
+
+    from harness.results import record_path
+
+    counts: dict[str, int] = {}
+    for e in evals:
+        path = record_path(unit.results_dir, e.key, e.label)
+        status = json.loads(path.read_text()).get("status", "failed") if path.is_file() else None
+        if status is None:
+            unit.write(e, "failed", {}, {}, {}, error=why)
+            status = "failed"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
