@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from harness import registry as reg
 from harness.artefacts import ArtefactStore
 from harness.building import Built, autocast, build, configure, for_evaluation
 from harness.codeversion import record_code
+from harness.distributed import leader_first
 from harness.environment import environment
 from harness.errors import StorageError
 from harness.evaluation import evaluate
@@ -48,26 +50,46 @@ class Summary:
 
 class Unit:
     """Runs training units into ``results_dir``. ``concurrency`` (how many run at once on
-    this machine) is recorded with every record's environment: it colours the timings."""
+    this machine) is recorded with every record's environment: it colours the timings.
 
-    def __init__(self, results_dir: Path, progress: bool = True, concurrency: int = 1):
+    A unit whose hardware has ``devices`` > 1 runs in that many processes
+    (:mod:`harness.distributed`); in each of them ``group`` is its rank's place, rank 0
+    alone writes, and an error is not recorded here but ends the rank (the launcher
+    records it: the other ranks must not wait for a rank that went on)."""
+
+    def __init__(self, results_dir: Path, progress: bool = True, concurrency: int = 1, group: Any = None):
         self.results_dir = Path(results_dir)
         self.store = ArtefactStore(self.results_dir)
         self.progress = progress
         self.concurrency = concurrency
         self.threads_choice: str | None = None  # how this process chose its torch threads (harness.threads)
+        self.group = group
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes artefacts and records (rank 0, or the only one)."""
+        return self.group is None or self.group.leader
 
     def run(self, job: TrainJob, evals: list[EvalJob], summary: Summary) -> None:
         """Build, train or load, evaluate every sampler, write one record each."""
+        if job.hardware.devices > 1 and self.group is None:
+            from harness.distributed import run_unit
+
+            summary.merge(run_unit(self.results_dir, job, evals, self.progress, self.concurrency))
+            return
         try:
-            device = configure(job.hardware)
+            device = configure(job.hardware) if self.group is None else self.group.device
             seed_everything(job.seed)
-            built = build(job, device, self.store, self.progress)
-            self.threads_choice = apply_threads(job.hardware, built.method, self.concurrency)  # a null threads: chosen
+            with leader_first(self.group):  # an autoencoder it trains is read by the others
+                built = build(job, device, self.store, self.progress)
+            if self.group is None:  # a null hardware.threads becomes the job's own choice
+                self.threads_choice = apply_threads(job.hardware, built.method, self.concurrency)
             result = self.train_or_load(job, built)
         except StorageError:
             raise  # the results folder, not the run: nothing more can be written
-        except Exception as err:  # noqa: BLE001 - a broken run is recorded; the suite goes on
+        except Exception as err:  # a broken run is recorded; the suite goes on
+            if self.group is not None:
+                raise  # a rank's error ends its process: the launcher records it
             for e in evals:
                 self.write(e, "failed", {}, {}, {}, error=_error(err))
                 summary.add("failed")
@@ -78,14 +100,19 @@ class Unit:
                 summary.add(result.status)
                 continue
             try:
-                status, metrics, measurements, files = evaluate(e, for_evaluation(built, e.train.method), result.model,
-                                                                result.stats, self.store)
+                evaluated = evaluate(e, for_evaluation(built, e.train.method), result.model, result.stats,
+                                     self.store, **({} if self.group is None else {"group": self.group}))
             except StorageError:
                 raise
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
+                if self.group is not None:
+                    raise
                 self.write(e, "failed", {}, {}, result.stats, error=_error(err))
                 summary.add("failed")
                 continue
+            if evaluated is None:
+                continue  # a rank other than 0: its shards went to rank 0, which writes
+            status, metrics, measurements, files = evaluated
             artefacts = {}
             for name, (suffix, write) in files.items():
                 path = self.results_dir / "samples" / f"{e.key}.{suffix}"
@@ -114,15 +141,18 @@ class Unit:
             return TrainResult("ok", stats, model)
         pairs = val_pairs = None
         if job.teacher is not None:
-            pairs = self.teacher_pairs(job, built.device)
-            if job.budget.early_stopping is not None:
-                val_pairs = self.teacher_pairs(job, built.device, "validation", job.budget.early_stopping.val_size)
+            with leader_first(self.group):  # rank 0 generates and stores the pairs; the others load them
+                pairs = self.teacher_pairs(job, built.device)
+                if job.budget.early_stopping is not None:
+                    val_pairs = self.teacher_pairs(job, built.device, "validation",
+                                                   job.budget.early_stopping.val_size)
             if job.method.teacher.init == "teacher":
                 self.load_weights(job.teacher, built.network, built.device)
-        result = train(job, built, self.progress, pairs, val_pairs)
+        result = train(job, built, self.progress, pairs, val_pairs,
+                       **({} if self.group is None else {"group": self.group}))
         if built.latent_card is not None:
             result.stats["autoencoder"] = built.latent_card
-        if result.status == "ok":
+        if result.status == "ok" and self.writes:
             state = built.network.state_dict()
             write_atomic(path, lambda f: torch.save(state, f))
             write_json_atomic(stats_path, {"key": job.key, "spec": job.spec, "train": result.stats})
@@ -179,6 +209,8 @@ class Unit:
 
     def write(self, job: EvalJob, status: str, metrics: dict, measurements: dict, train_stats: dict,
                error: str | None = None, artefacts: dict | None = None) -> None:
+        if not self.writes:
+            return
         record = {
             "schema": RECORD_SCHEMA,
             "key": job.key,
