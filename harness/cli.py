@@ -23,6 +23,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 LIST_KINDS = ("methods", "datasets", "samplers", "metrics", "suites", "hardware", "solvers", "networks",
               "optimizers")
+EXECUTORS = ("inline", "process", "slurm", "slurm-local")
 FORMATS = ("markdown", "latex", "html", "csv", "json")  # harness.leaderboard.FORMATS, without its imports
 FORMAT_HELP = ("markdown (default), latex (booktabs), html, csv, or json: the table model with raw numbers, "
                "a versioned document for other tools (see harness/table_json.py)")
@@ -35,6 +36,28 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -67,9 +90,29 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rerun", action="store_true",
                      help="train and evaluate again instead of reusing finished records and trained models (with "
                           "--only: the selected runs; their teachers' models are reused unless selected too)")
-    run.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                      help="run up to N trainings at once in local worker processes (default 1: inline); "
                           "timings then share the machine, which records note")
+    run.add_argument("--executor", choices=EXECUTORS, default=None,
+                     help="where the trainings run: inline (in this process; the default), process (local worker "
+                          "processes, --workers of them, default one per core), slurm (submitit job arrays on a "
+                          "Slurm cluster) or slurm-local (the slurm path through submitit's local jobs on this "
+                          "machine)")
+    slurm = run.add_argument_group("slurm executor (override the hardware spec's slurm: section)")
+    slurm.add_argument("--slurm-partition", metavar="NAME", help="sbatch --partition")
+    slurm.add_argument("--slurm-time", type=_positive_int, metavar="MINUTES", help="time limit of each task")
+    slurm.add_argument("--slurm-gpus", type=_count, metavar="N", help="GPUs for each task")
+    slurm.add_argument("--slurm-cpus", type=_positive_int, metavar="N", help="CPU cores for each task")
+    slurm.add_argument("--slurm-mem", type=_positive_number, metavar="GB", help="memory for each task")
+    slurm.add_argument("--slurm-parallelism", type=_positive_int, metavar="N", help="tasks in flight at once")
+    slurm.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a further sbatch option, e.g. account=proj or constraint=a100 (KEY alone: a bare "
+                            "flag such as exclusive); repeatable")
+    slurm.add_argument("--slurm-folder", type=Path, metavar="DIR",
+                       help="submitit's pickles and logs, one folder per job (default RESULTS/slurm/)")
+    slurm.add_argument("--eval-shards-as-tasks", action="store_true",
+                       help="an evaluation of two or more shards (num_samples / shard_size) samples each shard "
+                            "in a task of its own, then merges them in one more; the record is the same")
 
     validate = sub.add_parser("validate", help="check spec files without running anything")
     validate.add_argument("paths", nargs="+", type=Path, metavar="SPEC")
@@ -164,12 +207,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Runner
 
     suite = load_suite(args.suite, args.overrides, root=args.specs)
-    _check_resources(suite, args.suite)
+    results = args.results or Path("results") / "runs" / suite.name
+    workers, slurm = _executor(args, suite, results)
+    _check_resources(suite, args.suite, devices_here=slurm is None or slurm.cluster == "local")
     plan = make_plan(suite)
     all_keys = set(plan.record_keys)
     if args.only:
         plan = select(plan, args.only)
-    results = args.results or Path("results") / "runs" / suite.name
     print(f"suite {suite.name}: {len(plan.trainings)} trainings, {plan.num_evals} evaluations "
           f"on {suite.hardware.name} ({suite.hardware.device}) -> {results}", file=sys.stderr)
     if args.estimate is not None:
@@ -188,8 +232,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if dirty:
         print(dirty, file=sys.stderr)
     origin = _origin(args)
-    summary = Runner(results, progress=not args.no_progress).run(plan, workers=args.workers, origin=origin,
-                                                             rerun=args.rerun)
+    summary = Runner(results, progress=not args.no_progress).run(plan, workers=workers, origin=origin,
+                                                             rerun=args.rerun, slurm=slurm)
     from harness.results import stale_records
 
     stale = stale_records(results, all_keys)
@@ -220,9 +264,82 @@ def _origin(args: argparse.Namespace) -> dict:
             "specs": str(root.resolve()) if root is not None else None}
 
 
-def _check_resources(suite, ref: str) -> None:
+def _executor(args: argparse.Namespace, suite, results: Path) -> tuple[int, object]:
+    """(worker processes, the slurm executor or None) that ``run``'s options ask for:
+    ``--executor`` (default: process when ``--workers`` N > 1, else inline), checked
+    against the options that go with each."""
+    from harness.errors import SpecError
+
+    kind = args.executor or ("process" if (args.workers or 1) > 1 else "inline")
+    if args.executor is not None and args.workers is not None and kind != "process":
+        raise SpecError(f"--workers goes with --executor process, not {kind}")
+    slurm_flags = [flag for flag, value in _slurm_flags(args).items() if value not in (None, [], False)]
+    if slurm_flags and kind not in ("slurm", "slurm-local"):
+        raise SpecError(f"{slurm_flags[0]} goes with --executor slurm or slurm-local, not {kind}")
+    if kind == "process":
+        return args.workers or os.cpu_count() or 1, None
+    if kind == "inline":
+        return 1, None
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise SpecError(f"--executor {kind} needs submitit: pip install 'flowgauge[slurm]'") from None
+    import shutil
+
+    if kind == "slurm" and shutil.which("sbatch") is None:
+        raise SpecError("--executor slurm: no Slurm here (sbatch is not on PATH); run on a machine that submits "
+                        "to the cluster, or try the path on this one with --executor slurm-local")
+    from harness.slurm import SlurmExecutor
+
+    options = _slurm_options(args, suite.hardware.slurm)
+    folder = args.slurm_folder if args.slurm_folder is not None else results / "slurm"
+    return 1, SlurmExecutor(options, folder, "local" if kind == "slurm-local" else "slurm", args.eval_shards_as_tasks)
+
+
+def _slurm_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The slurm options given on the command line, by flag."""
+    return {"--slurm-partition": args.slurm_partition, "--slurm-time": args.slurm_time,
+            "--slurm-gpus": args.slurm_gpus, "--slurm-cpus": args.slurm_cpus, "--slurm-mem": args.slurm_mem,
+            "--slurm-parallelism": args.slurm_parallelism, "--slurm-option": args.slurm_option,
+            "--slurm-folder": args.slurm_folder, "--eval-shards-as-tasks": args.eval_shards_as_tasks}
+
+
+SLURM_FIELDS = {"partition": "--slurm-partition", "time_min": "--slurm-time", "gpus_per_task": "--slurm-gpus",
+                "cpus_per_task": "--slurm-cpus", "mem_gb": "--slurm-mem", "array_parallelism": "--slurm-parallelism",
+                "additional": "--slurm-option"}
+
+
+def _slurm_options(args: argparse.Namespace, base):
+    """The hardware spec's slurm section (or the defaults) with the command line's
+    ``--slurm-*`` options over it, validated; a bad value names its flag."""
+    from harness.errors import SpecError
+    from harness.source import Source
+    from harness.spec import SlurmSpec, validate
+
+    data = (base or SlurmSpec()).model_dump()
+    flags = _slurm_flags(args)
+    for name, flag in SLURM_FIELDS.items():
+        if name != "additional" and flags[flag] is not None:
+            data[name] = flags[flag]
+    for item in args.slurm_option:
+        key, eq, value = item.partition("=")
+        if (eq and not value) or not key:
+            raise SpecError(f"--slurm-option {item!r}: expected KEY=VALUE, or KEY alone for a bare flag")
+        data["additional"][key] = value if eq else True
+    try:
+        return validate(SlurmSpec, Source(data))
+    except SpecError as err:
+        message = err.message.split(" (and ", 1)[0]
+        name, _, rest = message.partition(": ")
+        flag = SLURM_FIELDS.get(name.split(".")[0], "--slurm-option")
+        raise SpecError(f"{flag}: {rest if name in SLURM_FIELDS else message}") from None
+
+
+def _check_resources(suite, ref: str, devices_here: bool = True) -> None:
     """A device this machine does not have, or a dataset whose files are not here, is a
     mistake in the command, found before anything runs (not a column of failed records).
+    ``devices_here`` False: the runs go to other machines (a Slurm cluster's nodes), whose
+    devices are not checked here.
     A dataset implementation may define ``check(params)``, and a feature space (a metric's
     network weights) ``check(options)``, raising FileNotFoundError with a message that
     names the missing file."""
@@ -249,7 +366,7 @@ def _check_resources(suite, ref: str) -> None:
                 check(dict(request.options))
             except FileNotFoundError as err:
                 raise SpecError(f"{ref}: metric {spec.name}: {err}") from None
-    if suite.hardware.device == "cuda":
+    if suite.hardware.device == "cuda" and devices_here:
         import torch
 
         if not torch.cuda.is_available():

@@ -32,6 +32,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -345,7 +346,8 @@ def _floors(job: EvalJob, built: Built, specs: list, requests: dict[str, Feature
 
 
 def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
-             store: ArtefactStore | None = None, group: Any = None
+             store: ArtefactStore | None = None, group: Any = None,
+             only_shards: Sequence[int] | None = None
              ) -> tuple[str, dict, dict, dict[str, tuple[str, Any]]] | None:
     """Sample with one sampler in batches; measure NFE, latency, memory; compute the metrics.
 
@@ -357,7 +359,10 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
     Also returns the files to keep beside the record, by name: (suffix, write(binary file)).
     Two-dimensional data: "points", up to SAVED_POINTS source points, the samples generated
     from them and reference points (float32), for the report's sample plots. Images:
-    "grid", the first GRID_SAMPLES samples as one PNG."""
+    "grid", the first GRID_SAMPLES samples as one PNG.
+
+    ``only_shards``: sample and save only these shards, and return None (see
+    :func:`evaluate_shards`)."""
     budget = job.budget
     seed, n, shard_size = job.train.seed, budget.num_samples, budget.shard_size
     batch_size = min(budget.batch_size or shard_size, shard_size, n)
@@ -412,16 +417,17 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         return x, solution
 
     model.eval()
-    # cost: memory and the first call on the first batch, then timed calls on it
-    first = source_block(0)[:batch_size]
-    first_labels = None if not conditional else label_block(0)[:batch_size]
-    load = OtherLoad().start()  # the machine's other load while this evaluation timed and sampled
-    t0 = time.perf_counter()
-    with PeakMemory(built.device) as memory:
-        sample(model, first, generator(seed, "eval-method", built.device), first_labels)
-    first_call_s = time.perf_counter() - t0
-    timing = time_calls(lambda: sample(model, first, generator(seed, "eval-method", built.device), first_labels),
-                        built.device, budget.warmup, budget.repeats)
+    if only_shards is None:  # (a shard task is not timed: the merge that writes the record is)
+        # cost: memory and the first call on the first batch, then timed calls on it
+        first = source_block(0)[:batch_size]
+        first_labels = None if not conditional else label_block(0)[:batch_size]
+        load = OtherLoad().start()  # the machine's other load while this evaluation timed and sampled
+        t0 = time.perf_counter()
+        with PeakMemory(built.device) as memory:
+            sample(model, first, generator(seed, "eval-method", built.device), first_labels)
+        first_call_s = time.perf_counter() - t0
+        timing = time_calls(lambda: sample(model, first, generator(seed, "eval-method", built.device),
+                                           first_labels), built.device, budget.warmup, budget.repeats)
 
     def run_shard(block: int) -> Shard:
         x_0, labels = source_block(block), label_block(block)
@@ -457,6 +463,12 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         return Shard(tally, points, features, np.concatenate(grid) if grid else None)
 
     num_shards = math.ceil(n / shard_size)
+    if only_shards is not None:  # a shard task: sample these blocks and save them for a later merge
+        for block in only_shards:
+            path = store.shard_path(job.key, block)
+            if not path.is_file():
+                run_shard(block).save(path)
+        return None
     merged: Shard | None = None
     resumed = 0
     computed: list[float] = []  # seconds of the batches sampled in this process
@@ -634,3 +646,17 @@ def evaluate(job: EvalJob, built: Built, model: nn.Module, train_stats: dict,
         points = {k: v.astype(np.float32) for k, v in points.items()}
         files["points"] = ("npz", lambda f, p=points: np.savez_compressed(f, **p))
     return ("ok" if finite else "diverged"), metrics, measurements, files
+
+
+def evaluate_shards(job: EvalJob, built: Built, model: nn.Module, train_stats: dict, store: ArtefactStore,
+                    indices: Sequence[int]) -> None:
+    """Sample shards ``indices`` of ``job``'s evaluation and save each to ``store`` (one
+    saved already is kept), for a later :func:`evaluate` to merge: an evaluation whose
+    shards run as separate tasks (harness.slurm). Nothing is timed, no metric computed."""
+    count = math.ceil(job.budget.num_samples / job.budget.shard_size)
+    if count < 2:
+        raise ValueError(f"{job.label}: an evaluation of one shard has no shards to run apart")
+    outside = [i for i in indices if not 0 <= i < count]
+    if outside:
+        raise ValueError(f"{job.label}: shard indices {outside} are outside 0..{count - 1}")
+    evaluate(job, built, model, train_stats, store, only_shards=list(indices))

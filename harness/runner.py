@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
@@ -30,6 +31,9 @@ from harness.results import (
     write_json_atomic,
 )
 from harness.unit import Summary, Unit
+
+if TYPE_CHECKING:
+    from harness.slurm import SlurmExecutor
 
 __all__ = ["Runner", "Summary"]
 
@@ -50,16 +54,18 @@ class Runner:
     def model_path(self, key: str) -> Path:
         return self.store.model_path(key)
 
-    def run(self, plan: RunPlan, workers: int = 1, origin: dict | None = None, rerun: bool = False) -> Summary:
+    def run(self, plan: RunPlan, workers: int = 1, origin: dict | None = None, rerun: bool = False,
+            slurm: SlurmExecutor | None = None) -> Summary:
         """Run what ``plan`` has not finished in the results folder. ``origin`` (how the
         suite was asked for: its reference, ``--set`` overrides and specs root) goes into
         suite.json, so that ``flowgauge claims`` can compare with the specs as they stand.
         ``rerun``: first delete the records, trained models and teacher pairs of every
-        training the plan evaluates, so that they train and evaluate again."""
+        training the plan evaluates, so that they train and evaluate again. ``slurm``: run
+        the units as submitit jobs (:mod:`harness.slurm`) instead of here."""
         with lock_results(self.results_dir) as writable:
             if rerun and writable:
                 self._forget(plan)
-            return self._run(plan, workers, writable, origin)
+            return self._run(plan, workers, writable, origin, slurm)
 
     def _forget(self, plan: RunPlan) -> None:
         for job in plan.trainings:
@@ -73,7 +79,8 @@ class Runner:
                          *self.store.path("pairs", ".").glob(f"{job.key}__*.pt")]:
                 path.unlink(missing_ok=True)
 
-    def _run(self, plan: RunPlan, workers: int, writable: bool = True, origin: dict | None = None) -> Summary:
+    def _run(self, plan: RunPlan, workers: int, writable: bool = True, origin: dict | None = None,
+             slurm: SlurmExecutor | None = None) -> Summary:
         summary = Summary()
         done = final_keys(self.results_dir)
         pending = {job.key: [e for e in plan.evals[job.key] if e.key not in done] for job in plan.trainings}
@@ -104,6 +111,23 @@ class Runner:
                 if job.teacher is not None and not self.model_path(job.key).is_file():
                     needed.add(job.teacher.key)
         jobs = [job for job in plan.trainings if job.key in needed]
+        if slurm is not None and jobs:
+            from harness.slurm import run_in_slurm
+
+            where = "local jobs" if slurm.cluster == "local" else "slurm"
+            bar = tqdm(total=len(jobs), desc=f"suite {plan.suite.name} ({where})", unit="run",
+                       disable=not self.progress)
+
+            def slurm_unit_finished(job: TrainJob, counts: dict[str, int]) -> None:
+                summary.merge(counts)
+                bar.set_postfix_str(job.label)
+                bar.update()
+
+            try:
+                run_in_slurm(self.results_dir, jobs, pending, slurm, slurm_unit_finished)
+            finally:
+                bar.close()
+            return summary
         if workers > 1 and len(jobs) > 1:
             from harness.executors import run_in_processes
 

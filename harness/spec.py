@@ -170,6 +170,63 @@ class SamplerSpec(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+SLURM_PARTITION = re.compile(r"[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64}){0,15}")
+SLURM_KEY = re.compile(r"[a-z][a-z0-9_-]{0,49}")
+SLURM_MAX_OPTIONS = 32
+# sbatch options the slurm executor sets itself, or from a field of its own
+SLURM_SET = {"partition": "partition", "time": "time_min", "gpus-per-node": "gpus_per_task",
+             "gpus-per-task": "gpus_per_task", "cpus-per-task": "cpus_per_task", "mem": "mem_gb",
+             "array": "array_parallelism", "output": None, "error": None, "job-name": None, "open-mode": None,
+             "signal": None, "wckey": None, "nodes": None, "ntasks-per-node": None}
+
+
+class SlurmSpec(StrictModel):
+    """How ``flowgauge run --executor slurm`` asks Slurm for each task (harness.slurm): one
+    node, one task per job, these resources. The command line's ``--slurm-*`` options
+    override them."""
+
+    partition: str | None = Field(None, description="sbatch --partition (a comma-separated list is allowed); "
+                                                    "null: the cluster's default")
+    time_min: Annotated[int, Field(strict=True, ge=1, le=30 * 24 * 60)] = Field(
+        60, description="sbatch --time in minutes: the longest one task (a training with its evaluations, an "
+                        "evaluation shard or a merge) may run")
+    gpus_per_task: Annotated[int, Field(strict=True, ge=0, le=64)] = Field(0, description="GPUs for each task")
+    cpus_per_task: Annotated[int, Field(strict=True, ge=1, le=1024)] | None = Field(
+        None, description="CPU cores for each task; null: the cluster's default")
+    mem_gb: Annotated[float, Field(gt=0, le=65536)] | None = Field(
+        None, description="memory for each task, GB; null: the cluster's default")
+    array_parallelism: Annotated[int, Field(strict=True, ge=1, le=100_000)] | None = Field(
+        None, description="tasks in flight at once (the driver never submits more; on Slurm also each array's "
+                          "%N throttle); null: 256 on Slurm, the core count for local jobs")
+    additional: Annotated[dict[str, Union[bool, int, str]], Field(max_length=SLURM_MAX_OPTIONS)] = Field(  # noqa: UP007
+        default_factory=dict, description="further sbatch options, e.g. {account: proj, qos: high, constraint: "
+                                          "a100, exclusive: true}; true gives a bare flag")
+
+    @model_validator(mode="after")
+    def _check(self) -> SlurmSpec:
+        if self.partition is not None and not SLURM_PARTITION.fullmatch(self.partition):
+            raise ValueError(f"partition: {self.partition[:60]!r} is not a Slurm partition name (letters, digits, "
+                             "'_', '.', '-'; a comma between several)")
+        for key, value in self.additional.items():
+            if not SLURM_KEY.fullmatch(key):
+                raise ValueError(f"additional: {key[:60]!r} is not an sbatch option name (lower-case letters, "
+                                 "digits, '-' and '_', as in --constraint)")
+            canonical_key = key.replace("_", "-")
+            if canonical_key in SLURM_SET:
+                field = SLURM_SET[canonical_key]
+                use = f"; use slurm.{field}" if field else ""
+                raise ValueError(f"additional: {key!r} is set by the slurm executor itself{use}")
+            if value is False:
+                raise ValueError(f"additional: {key}: false is not an sbatch value; true gives a bare flag, "
+                                 "leave the key out otherwise")
+            if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < 2**31:
+                raise ValueError(f"additional: {key}: {value} is out of range")
+            if isinstance(value, str) and (not value or len(value) > 200 or not value.isprintable()):
+                raise ValueError(f"additional: {key}: expected a non-empty printable value of at most 200 "
+                                 f"characters, got {value[:60]!r}")
+        return self
+
+
 class HardwareSpec(StrictModel):
     """Where and how a run executes. The runner honours and records every field."""
 
@@ -190,6 +247,9 @@ class HardwareSpec(StrictModel):
                               "convolutions on CUDA (both); null keeps torch's defaults (matmul off, cuDNN on)")
     channels_last: bool = added(False, added_in="issue 12", description="keep image networks' weights in "
                                 "channels-last memory format (faster convolutions on tensor cores)")
+    slurm: SlurmSpec | None = added(
+        None, added_in="issue 16", exclude=True, description="what the slurm executor asks Slurm for (flowgauge "
+        "run --executor slurm). Where the runs go, not what they compute: left out of the run's spec and keys")
     devices: Annotated[int, Field(strict=True, ge=1, le=64)] = added(
         1, added_in="issue 16", description="processes that train one run together (DistributedDataParallel, one "
         "device each on CUDA) and share its sampling; the method's batch_size is the global batch and must be "

@@ -70,8 +70,12 @@ class Unit:
         """Whether this process writes artefacts and records (rank 0, or the only one)."""
         return self.group is None or self.group.leader
 
-    def run(self, job: TrainJob, evals: list[EvalJob], summary: Summary) -> None:
-        """Build, train or load, evaluate every sampler, write one record each."""
+    def run(self, job: TrainJob, evals: list[EvalJob], summary: Summary, defer: frozenset[str] = frozenset()) -> None:
+        """Build, train or load, evaluate every sampler, write one record each.
+
+        ``defer``: keys of evaluations whose shards run as tasks of their own (the slurm
+        executor's sharded evaluation); their records are written here only when the
+        training does not end ok, else by a later run that merges the shards."""
         if job.hardware.devices > 1 and self.group is None:
             from harness.distributed import run_unit
 
@@ -98,6 +102,8 @@ class Unit:
             if result.status != "ok":
                 self.write(e, result.status, {}, {}, result.stats)
                 summary.add(result.status)
+                continue
+            if e.key in defer:
                 continue
             try:
                 evaluated = evaluate(e, for_evaluation(built, e.train.method), result.model, result.stats,
