@@ -1,5 +1,6 @@
-"""One run on several devices: data-parallel training with DistributedDataParallel and
-sampling shared across the ranks (``hardware.devices`` W > 1).
+"""One run on several devices: data-parallel training (DistributedDataParallel's
+arithmetic: every rank's gradients averaged before each step) and sampling shared across
+the ranks (``hardware.devices`` W > 1).
 
 Launch. :func:`run_unit` starts W processes with ``torch.multiprocessing`` (spawn), one
 device each on CUDA (``cuda:r``), joined by a process group (nccl on CUDA, gloo on the
@@ -16,12 +17,20 @@ What does not depend on W, and what does:
   ``data`` stream, exactly as one device does (a method's ``prepare``, e.g. an exact-OT
   pairing, sees the whole batch), and rank r trains on rows [r·B/W, (r+1)·B/W). So every
   step sees the same pairs whatever W is.
-- The update. DDP averages the ranks' gradients; with a loss that is a mean over rows the
-  average of the W slice means is the mean over the batch, so a step's update is the
-  one-device update of the same rows and the same method randomness (to float round-off:
-  the sum runs in another order). Gradient clipping, warmup and the weight average act on
-  that averaged gradient, as on one device. Validation scores every held-out pair on
-  every rank with the same weights, so early stopping decides alike everywhere.
+- The update. After backward the ranks' gradients are averaged (one all_reduce of them all
+  as one flat buffer, sum / W: what DDP's reducer computes); with a loss that is a mean
+  over rows the average of the W slice means is the mean over the batch, so a step's
+  update is the one-device update of the same rows and the same method randomness (to
+  float round-off: the sum runs in another order). Gradient clipping, warmup and the
+  weight average act on that averaged gradient, as on one device; every rank holds the
+  same weights after every step. Validation scores every held-out pair on every rank, so
+  early stopping decides alike everywhere.
+  Why not the ``DistributedDataParallel`` wrapper itself: its forward and autograd hooks
+  refuse what some methods send through the network, e.g. MeanFlow's ``torch.func.jvp``
+  dual tensors ("Cannot access data pointer of Tensor that doesn't have storage" in
+  ``DistributedDataParallel._pre_forward``), and methods that call the network several
+  times per step. Averaging after backward works for any loss; what it gives up is DDP's
+  overlap of communication with the backward pass (a throughput matter, not a numeric one).
 - The method's own randomness (time samples t, noise ε) does depend on W: rank 0 draws
   from the run's ``method`` stream, rank r > 0 from ``method/rank{r}``, each for its slice
   only. A W-device run is therefore equal in distribution to a one-device run, not
@@ -51,6 +60,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.multiprocessing.spawn import ProcessException
 
 from harness.interfaces import Batch
 from harness.plan import EvalJob, TrainJob
@@ -90,12 +100,31 @@ class Group:
         return Batch(x_0=batch.x_0[part], x_1=batch.x_1[part], weights=cut(batch.weights), labels=cut(batch.labels),
                      path=cut(batch.path), times=batch.times)
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` in DistributedDataParallel: gradients averaged over the ranks in
-        backward. No buffers are broadcast (this project's networks hold none that
-        change), so a forward pass is no collective."""
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    def average_gradients(self, params: list[nn.Parameter]) -> None:
+        """Replace every gradient by its mean over the ranks: one all_reduce of one flat
+        buffer (per dtype). A parameter no rank gave a gradient keeps None (an optimiser
+        skips it, as on one device); one that some ranks did not reach counts zero there."""
+        by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+        for p in params:
+            by_dtype.setdefault(p.dtype, []).append(p)
+        for same in by_dtype.values():
+            present = torch.tensor([p.grad is not None for p in same], dtype=same[0].dtype, device=self.device)
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in same]
+            flat = torch.cat([present, *(g.reshape(-1) for g in grads)])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            seen, flat = flat[:len(same)].tolist(), flat[len(same):] / self.world
+            offset = 0
+            for p, was in zip(same, seen):
+                n = p.numel()
+                p.grad = flat[offset:offset + n].view_as(p) if was > 0 else None  # views of one buffer
+                offset += n
+
+    def same_start(self, network: nn.Module) -> None:
+        """Rank 0's parameters and buffers everywhere (they are built from one seed anyway;
+        this also holds where initialisation is not deterministic)."""
+        with torch.no_grad():
+            for tensor in [*network.parameters(), *network.buffers()]:
+                dist.broadcast(tensor.data, src=0)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean over the ranks of a tensor (a copy; every rank gets it)."""
@@ -233,7 +262,7 @@ def run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], progress: b
             _rank_main, nprocs=world, join=True, start_method="spawn",
             args=(world, f"file://{rendezvous / 'store'}", os.getpid(), Path(results_dir), job, evals, progress,
                   concurrency, outbox))
-    except torch.multiprocessing.ProcessException as err:
+    except ProcessException as err:
         why = f"RankFailed: rank {err.error_index} of {world}: {err}"
         return _fail(Unit(results_dir, False, concurrency), evals, why)
     finally:

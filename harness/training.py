@@ -331,13 +331,16 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
 
     ``group`` (a :class:`harness.distributed.Group`): this process is one rank of several
     training the run together. It trains on its slice of every global batch with its own
-    method-noise stream, through DistributedDataParallel (the gradients averaged over the
-    ranks), and the ranks agree on the logged loss and on when to stop."""
+    method-noise stream, averages the gradients over the ranks before every optimiser step
+    (DistributedDataParallel's arithmetic), and the ranks agree on the logged loss and on
+    when to stop."""
     budget, hw = job.budget, job.hardware
     network = built.network
     model = torch.compile(network) if hw.compile else network
-    step_model = model if group is None else group.wrap(model)  # the loss's model: DDP averages its gradients
     optimizer = build_optimizer(job, network)
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    if group is not None:
+        group.same_start(network)
     clip = GradientClipping(network, job.method.grad_clip) if job.method.grad_clip is not None else None
     scheduler = warmup_schedule(optimizer, job.method.warmup_steps)
     ema = WeightAverage(network, job.method.ema) if job.method.ema is not None else None
@@ -388,9 +391,11 @@ def train(job: TrainJob, built: Built, progress: bool, pairs: Pairs | None = Non
     while (stopped_by := reached(step, clock())) is None:
         batch = to_device(batches.next() if group is None else group.rows(batches.next()), built)
         with autocast(hw, built.device):
-            loss = built.method.loss(step_model, batch, method_gen)
+            loss = built.method.loss(model, batch, method_gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if group is not None:
+            group.average_gradients(trainable)
         if clip is not None:
             clip()
         optimizer.step()

@@ -1,5 +1,5 @@
 """Multi-device runs (hardware.devices > 1) on the CPU with the gloo backend and two
-processes: the spec checks, the batch split, DDP's gradient averaging proved on the
+processes: the spec checks, the batch split, the gradient averaging proved on the
 parameters it produces, the sharded evaluation's exact equality with one process, and a
 suite trained and evaluated end to end."""
 
@@ -149,7 +149,7 @@ def test_rank_0_keeps_the_one_device_method_stream():
     assert Group(1, 2, "gloo", torch.device("cpu")).method_stream == "method/rank1"
 
 
-# --- DDP's aggregation --------------------------------------------------------------------
+# --- the gradient averaging --------------------------------------------------------------------
 
 
 class Regression:
@@ -256,22 +256,49 @@ def test_two_ranks_sample_what_one_process_samples_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_a_suite_trains_on_two_gloo_ranks_and_rank_0_writes_its_records(tmp_path):
-    path = write(tmp_path / "suite.yaml", SUITE.replace("DEVICES", "2"))
+    """I-CFM, and MeanFlow, whose loss sends torch.func.jvp's dual tensors through the
+    network (which the DistributedDataParallel wrapper refuses)."""
+    text = SUITE.replace("DEVICES", "2").replace(
+        "methods: [{name: icfm-64, extends: icfm, batch_size: 64}]",
+        "methods: [{name: icfm-64, extends: icfm, batch_size: 64}, {name: mf-64, extends: meanflow, batch_size: 64}]")
+    path = write(tmp_path / "suite.yaml", text)
     out = tmp_path / "out"
     result = run_cli("run", str(path), "--results", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
-    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-    assert len(records) == 1
-    record = records[0]
+    records = {r["method"]: r for r in (json.loads(p.read_text()) for p in (out / "records").glob("*.json"))}
+    assert sorted(records) == ["icfm-64", "mf-64"]
+    assert records["mf-64"]["status"] == "ok", records["mf-64"]["error"]
+    record = records["icfm-64"]
     assert record["status"] == "ok", record["error"]
     assert record["spec"]["hardware"]["devices"] == 2
     assert record["train"]["distributed"]["world_size"] == 2 and record["train"]["steps"] == 6
     assert record["measurements"]["shards"]["count"] == 3 and record["metrics"]["nfe"] == 8.0
     assert record["metrics"]["w2"] > 0
-    assert len(list((out / "models").glob("*.pt"))) == 1
+    assert len(list((out / "models").glob("*.pt"))) == 2
     # nothing of an unfinished evaluation is left behind
     assert not any((out / "shards").glob("*/*.npz")) if (out / "shards").exists() else True
     # a second run reuses everything
     again = run_cli("run", str(path), "--results", str(out), "--no-progress")
     assert again.returncode == 0, again.stderr
-    assert json.loads(next((out / "records").glob("*.json")).read_text())["created"] == record["created"]
+    again_records = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
+    assert again_records["icfm-64"]["created"] == record["created"]
+
+
+def test_a_rank_that_fails_fails_the_unit_with_its_cause(tmp_path):
+    """Rank 0 raises before training (a student whose teacher has no model): the other
+    rank, waiting for it, is stopped, and the records say which rank failed and why."""
+    from harness.unit import Summary, Unit
+
+    text = SUITE.replace("methods: [{name: icfm-64, extends: icfm, batch_size: 64}]", """methods:
+  - name: student
+    extends: 2-rectified-flow
+    batch_size: 64
+    teacher: {method: {name: teacher-64, extends: rectified-flow, batch_size: 64}, sampler: euler-8, num_pairs: 256}""")
+    plan = _plan(tmp_path, 2, text)
+    student = plan.trainings[-1]
+    summary = Summary()
+    Unit(tmp_path / "out", progress=False).run(student, plan.evals[student.key], summary)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / "records").glob("*.json")]
+    assert summary.counts == {"failed": 1} and [r["status"] for r in records] == ["failed"]
+    assert records[0]["error"].startswith("RankFailed: rank 0 of 2")
+    assert "has no trained model" in records[0]["error"]
