@@ -37,8 +37,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -240,7 +241,7 @@ class SlurmDriver:
             return
         results, concurrency = self.results_dir, self.concurrency
         try:
-            with self.executor.batch():  # one job array
+            with _controller_stderr(self.settings), self.executor.batch():  # one job array
                 for task in batch:
                     state = task.state
                     if task.kind == "shard":
@@ -320,6 +321,27 @@ class SlurmDriver:
         for task in self.running:
             with contextlib.suppress(Exception):  # cancel what can be; the interrupt goes on
                 task.handle.cancel(check=False)
+
+
+@contextlib.contextmanager
+def _controller_stderr(settings: SlurmExecutor) -> Iterator[None]:
+    """Local jobs: submitit starts a controller process per job that inherits this
+    process's stderr, and prints a traceback there when it is cancelled (Ctrl-C); while
+    they start, stderr goes to ``folder/controllers.log`` instead. (A task's own output
+    goes to its job's log files, on Slurm as here.)"""
+    if settings.cluster != "local":
+        yield
+        return
+    settings.folder.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(settings.folder / "controllers.log", "ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _submitted(handle: Any) -> bool:

@@ -16,16 +16,16 @@ import pytest
 
 submitit = pytest.importorskip("submitit", reason="the slurm executor needs submitit (pip install 'flowgauge[slurm]')")
 
-from harness.artefacts import ArtefactStore  # noqa: E402
-from harness.building import build, configure  # noqa: E402
-from harness.evaluation import evaluate, evaluate_shards  # noqa: E402
-from harness.plan import make_plan  # noqa: E402
-from harness.resolve import load_suite  # noqa: E402
-from harness.results import read_records  # noqa: E402
-from harness.runner import Runner  # noqa: E402
-from harness.slurm import SlurmExecutor  # noqa: E402
-from harness.spec import HardwareSpec, SlurmSpec  # noqa: E402
-from tests.conftest import SPECS, run_cli, write  # noqa: E402
+from harness.artefacts import ArtefactStore
+from harness.building import build, configure
+from harness.evaluation import evaluate, evaluate_shards
+from harness.plan import make_plan
+from harness.resolve import load_suite
+from harness.results import read_records
+from harness.runner import Runner
+from harness.slurm import SlurmExecutor
+from harness.spec import HardwareSpec, SlurmSpec
+from tests.conftest import SPECS, run_cli, write
 
 SUITE = """name: tiny-slurm
 hardware: {name: cpu-1thread, extends: cpu, threads: 1}
@@ -300,3 +300,52 @@ def test_shards_as_local_jobs_merge_into_the_inline_record(tmp_path, monkeypatch
     assert not list((tmp_path / "local" / "shards").rglob("*.npz"))  # dropped once the record is written
     with np.load(tmp_path / "local" / record["artefacts"]["points"]) as points:
         assert points["samples"].shape == (256, 2)
+
+
+def _tasks(folder: Path) -> set[int]:
+    """Live submitit task processes working for ``folder``."""
+    from tests.processes import alive
+
+    out = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes()
+        except OSError:
+            continue
+        if b"submitit.core._submit" in text and str(folder).encode() in text and alive(int(cmdline.parent.name)):
+            out.add(int(cmdline.parent.name))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_ctrl_c_cancels_the_jobs_in_flight(tmp_path):
+    """SIGINT to the driver alone (not its process group): it cancels its jobs itself,
+    says that finished records are kept, and exits 130; no task goes on running."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT
+
+    out = tmp_path / "r"
+    args = [sys.executable, "-m", "harness.cli", "run", str(write(tmp_path / "s.yaml", SUITE)), "--results", str(out),
+            "--no-progress", "--executor", "slurm-local", "--slurm-parallelism", "2",
+            "--set", "budget.train.steps=1000000"]
+    proc = subprocess.Popen(args, cwd=PROJECT, env={**os.environ, "PYTHONPATH": str(PROJECT)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
+    deadline = time.monotonic() + 120
+    while len(tasks := _tasks(out / "slurm")) < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the tasks did not start"
+        time.sleep(0.2)
+    time.sleep(1)
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; finished records are kept" in stderr, stderr
+    assert "Traceback" not in stderr
+    deadline = time.monotonic() + 30
+    while _tasks(out / "slurm") & tasks:
+        assert time.monotonic() < deadline, f"tasks left running: {_tasks(out / 'slurm')}"
+        time.sleep(0.2)
+    assert not read_records(out)
