@@ -286,9 +286,10 @@ def _executor(args: argparse.Namespace, suite, results: Path) -> tuple[int, obje
         raise SpecError(f"--executor {kind} needs submitit: pip install 'flowgauge[slurm]'") from None
     import shutil
 
-    if kind == "slurm" and shutil.which("sbatch") is None:
-        raise SpecError("--executor slurm: no Slurm here (sbatch is not on PATH); run on a machine that submits "
-                        "to the cluster, or try the path on this one with --executor slurm-local")
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if kind == "slurm" and missing:
+        raise SpecError(f"--executor slurm: no Slurm here ({' and '.join(missing)} not on PATH); run on a machine "
+                        "that submits to the cluster, or try the path on this one with --executor slurm-local")
     from harness.slurm import SlurmExecutor
 
     options = _slurm_options(args, suite.hardware.slurm)

@@ -96,7 +96,7 @@ def test_executor_slurm_without_slurm_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on it
     result = run_cli("run", str(write(tmp_path / "s.yaml", SUITE)), "--dry-run", "--executor", "slurm")
     assert result.returncode == 2
-    assert "no Slurm here (sbatch is not on PATH)" in result.stderr and "--executor slurm-local" in result.stderr
+    assert "no Slurm here (sbatch and srun not on PATH)" in result.stderr and "--executor slurm-local" in result.stderr
 
 
 def test_a_bad_slurm_section_of_a_hardware_spec_names_its_line(tmp_path, spec_root):
