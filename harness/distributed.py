@@ -52,6 +52,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ from torch.multiprocessing.spawn import ProcessException
 from harness.interfaces import Batch
 from harness.plan import EvalJob, TrainJob
 from harness.spec import HardwareSpec
+
+MAX_ERROR = 8000  # characters of a rank's error sent back (a pipe's buffer holds a few of them)
 
 
 @dataclass(frozen=True)
@@ -226,9 +229,11 @@ def start(hardware: HardwareSpec, rank: int, world: int, init_method: str) -> Gr
 
 def _rank_main(rank: int, world: int, init_method: str, parent: int, results_dir: Path, job: TrainJob,
                evals: list[EvalJob], progress: bool, concurrency: int, outbox: Any) -> None:
-    """One rank: join the group, run the unit, hand rank 0's counts back."""
+    """One rank: join the group, run the unit, hand rank 0's counts back, or this rank's
+    error with the time it happened (the first error is the cause: a rank that fails
+    breaks the others' collectives, and their errors follow)."""
     from harness.executors import _worker_init
-    from harness.unit import Summary, Unit
+    from harness.unit import Summary, Unit, _error
 
     _worker_init(parent)
     group = start(job.hardware, rank, world, init_method)
@@ -237,7 +242,10 @@ def _rank_main(rank: int, world: int, init_method: str, parent: int, results_dir
         Unit(results_dir, progress and group.leader, concurrency, group=group).run(job, evals, summary)
         group.barrier()  # nobody leaves while another may still need it
         if group.leader:
-            outbox.put(summary.counts)
+            outbox.put(("counts", summary.counts))
+    except BaseException as err:
+        outbox.put(("error", time.time(), rank, _error(err)[-MAX_ERROR:]))
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -263,11 +271,23 @@ def run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], progress: b
             args=(world, f"file://{rendezvous / 'store'}", os.getpid(), Path(results_dir), job, evals, progress,
                   concurrency, outbox))
     except ProcessException as err:
-        why = f"RankFailed: rank {err.error_index} of {world}: {err}"
+        reports = []
+        while not outbox.empty():
+            reports.append(outbox.get())
+        errors = sorted(r[1:] for r in reports if r[0] == "error")
+        if errors:  # the first to fail is the cause
+            _, rank, text = errors[0]
+            why = f"RankFailed: rank {rank} of {world}: {text}"
+        else:  # killed without a word (a signal, the out-of-memory killer)
+            why = f"RankFailed: rank {err.error_index} of {world}: {err}"
         return _fail(Unit(results_dir, False, concurrency), evals, why)
     finally:
         shutil.rmtree(rendezvous, ignore_errors=True)
-    return outbox.get() if not outbox.empty() else {}
+    while not outbox.empty():
+        report = outbox.get()
+        if report[0] == "counts":
+            return report[1]
+    return {}
 
 
 def _fail(unit: Any, evals: list[EvalJob], why: str) -> dict[str, int]:
