@@ -48,7 +48,6 @@ from harness.artefacts import ArtefactStore
 from harness.errors import StorageError
 from harness.executors import STORAGE_ERROR, Counts, _record_failure, ready
 from harness.plan import EvalJob, TrainJob
-from harness.results import record_path
 from harness.spec import SlurmSpec
 
 CLUSTERS = ("slurm", "local")
@@ -278,17 +277,13 @@ class SlurmDriver:
             self._finish(state, counts if counts is not None else self._fail(state, state.merging, why))
 
     def _after_training(self, state: _UnitState) -> None:
-        """The split evaluations that the training task did not record (it records them
-        when the training diverged or failed): their missing shards, then the merge."""
-        todo = [e for e in state.split if not record_path(self.results_dir, e.key, e.label).is_file()]
-        if not todo:
+        """The split evaluations of a trained model: their missing shards, then the merge.
+        Without a model the training diverged or failed, and its task recorded them so."""
+        if not state.split or not self._trained(state.job):
             self._finish(state, {})
             return
-        if not self._trained(state.job):
-            self._finish(state, self._fail(state, todo, "its training task ended without a trained model"))
-            return
-        state.merging = todo
-        shards = [_Task("shard", state, (e, i)) for e in todo for i in range(num_shards(e))
+        state.merging = list(state.split)
+        shards = [_Task("shard", state, (e, i)) for e in state.split for i in range(num_shards(e))
                   if not self.store.shard_path(e.key, i).is_file()]
         state.shards_left = len(shards)
         self.queue += shards or [_Task("merge", state)]

@@ -277,30 +277,36 @@ def test_a_task_that_dies_fails_its_unit_and_the_suite_goes_on(tmp_path, monkeyp
 @pytest.mark.slow
 def test_shards_as_local_jobs_merge_into_the_inline_record(tmp_path, monkeypatch):
     """An evaluation of 4 shards: a training task, 4 shard tasks, a merge task; the record
-    equals the inline one (W2, MMD, NFE exactly) and says its shards were all made apart."""
+    equals the inline one (W2, MMD, NFE exactly) and says its shards were all made apart.
+    A training that diverges gets no shard tasks: its task records the evaluation so."""
     import harness.slurm
 
-    kinds: list[str] = []
+    kinds: list[tuple[str, str]] = []
     real = harness.slurm.SlurmDriver._ended
 
     def logged(self, task):
-        kinds.append(task.kind)
+        kinds.append((task.kind, task.state.job.method.name))
         real(self, task)
 
     monkeypatch.setattr(harness.slurm.SlurmDriver, "_ended", logged)
-    plan = _plan(tmp_path, ["methods=[icfm]", "samplers=[heun-8]", "budget.eval.shard_size=64"])
+    plan = _plan(tmp_path, ["samplers=[heun-8]", "budget.eval.shard_size=64",
+                            "methods.rectified-flow.optimizer.lr=1e30"])
     inline = Runner(tmp_path / "inline", progress=False).run(plan)
     local = Runner(tmp_path / "local", progress=False).run(plan, slurm=_local(tmp_path, shard_tasks=True))
-    assert inline.counts == local.counts == {"ok": 1}
-    assert kinds == ["unit", "shard", "shard", "shard", "shard", "merge"]
+    assert inline.counts == local.counts == {"ok": 1, "diverged": 1}
+    assert sorted(kinds) == sorted([("unit", "icfm"), *[("shard", "icfm")] * 4, ("merge", "icfm"),
+                                    ("unit", "rectified-flow")])
+    assert kinds.index(("unit", "icfm")) < kinds.index(("shard", "icfm"))
+    assert kinds.index(("merge", "icfm")) > max(i for i, kind in enumerate(kinds) if kind == ("shard", "icfm"))
     a, b = _by_key(tmp_path / "inline"), _by_key(tmp_path / "local")
-    _same_quality(a, b)
-    (record,) = b.values()
+    assert {k: r["status"] for k, r in a.items()} == {k: r["status"] for k, r in b.items()}
+    ok = {k for k, r in a.items() if r["status"] == "ok"}
+    _same_quality({k: a[k] for k in ok}, {k: b[k] for k in ok})
+    (record,) = (b[k] for k in ok)
     assert record["measurements"]["shards"] == {"count": 4, "size": 64, "resumed": 4}
     assert not list((tmp_path / "local" / "shards").rglob("*.npz"))  # dropped once the record is written
     with np.load(tmp_path / "local" / record["artefacts"]["points"]) as points:
         assert points["samples"].shape == (256, 2)
-
 
 def _tasks(folder: Path) -> set[int]:
     """Live submitit task processes working for ``folder``."""
