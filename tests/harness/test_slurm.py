@@ -355,3 +355,58 @@ def test_ctrl_c_cancels_the_jobs_in_flight(tmp_path):
         assert time.monotonic() < deadline, f"tasks left running: {_tasks(out / 'slurm')}"
         time.sleep(0.2)
     assert not read_records(out)
+
+
+# --- submitit's real Slurm path, against a stand-in for Slurm's commands --------------------
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch) -> Path:
+    from tests.harness.fake_slurm import install
+
+    root = tmp_path / "fake-slurm"
+    monkeypatch.setenv("PATH", f"{install(root)}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(root))
+    return root
+
+
+@pytest.mark.slow
+def test_slurm_job_arrays_give_the_inline_records(tmp_path, fake_slurm):
+    """sbatch scripts, a job array of both units, ids NNNN_i, results read back."""
+    plan = _plan(tmp_path)
+    options = SlurmSpec(partition="gpu", time_min=30, additional={"account": "proj"})
+    slurm = Runner(tmp_path / "slurm-run", progress=False).run(
+        plan, slurm=SlurmExecutor(options, tmp_path / "slurm", "slurm"))
+    inline = Runner(tmp_path / "inline", progress=False).run(plan)
+    assert slurm.counts == inline.counts == {"ok": 4}
+    _same_quality(_by_key(tmp_path / "inline"), _by_key(tmp_path / "slurm-run"))
+    assert {r["environment"]["concurrent_runs"] for r in read_records(tmp_path / "slurm-run")} == {1}
+    (script,) = (fake_slurm / "scripts").glob("*.sh")  # one array for the two units
+    lines = script.read_text().splitlines()
+    for line in ("#SBATCH --array=0-1%2", "#SBATCH --partition=gpu", "#SBATCH --time=30", "#SBATCH --account=proj"):
+        assert line in lines, (line, lines)
+    assert {"1000_0", "1000_1"} <= {p.name for p in (tmp_path / "slurm").iterdir()}  # folder/%j: job NNNN, task i
+
+
+@pytest.mark.slow
+def test_ctrl_c_scancels_the_slurm_jobs_in_flight(tmp_path, fake_slurm):
+    import _thread
+
+    plan = _plan(tmp_path, ["budget.train.steps=1000000"])
+    folder = tmp_path / "slurm"
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 120
+        while len(_tasks(folder)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _thread.interrupt_main()  # Ctrl-C, as the driver sees it
+
+    threading.Thread(target=interrupt_once_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        Runner(tmp_path / "r", progress=False).run(plan, slurm=SlurmExecutor(SlurmSpec(), folder, "slurm"))
+    assert sorted((fake_slurm / "cancelled").read_text().split()) == ["1000_0", "1000_1"]
+    deadline = time.monotonic() + 30
+    while _tasks(folder):
+        assert time.monotonic() < deadline, "tasks left running"
+        time.sleep(0.2)
+    assert not read_records(tmp_path / "r")
