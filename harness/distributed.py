@@ -11,6 +11,10 @@ autoencoder, a teacher's pairs) are made by rank 0 first while the others wait, 
 from the store. A rank that raises ends its process; the others are stopped, the process
 group is torn down, and the unit's unwritten records fail with that rank's error.
 
+Under ``torchrun`` (``torchrun --standalone --nproc-per-node W -m harness.cli run ...``)
+the processes are the launcher's: rank 0 runs the suite and hands each unit of
+``devices`` W to the other ranks, which follow it (:func:`follow`); see below.
+
 What does not depend on W, and what does:
 
 - The data. Every step draws the global batch of ``batch_size`` rows from the run's one
@@ -55,6 +59,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -208,23 +213,110 @@ def check_devices(hardware: HardwareSpec) -> None:
         raise RuntimeError("hardware.devices > 1 needs torch.distributed, which this torch lacks")
 
 
-def start(hardware: HardwareSpec, rank: int, world: int, init_method: str) -> Group:
-    """Join the process group as ``rank`` of ``world`` and apply the hardware settings
-    (one device per rank on CUDA; cores / world threads per rank on the CPU unless
-    ``hardware.threads`` says)."""
+def rank_device(hardware: HardwareSpec, local_rank: int, world: int) -> torch.device:
+    """Apply the hardware settings in a rank: one device per rank on CUDA; cores / world
+    torch threads per rank on the CPU unless ``hardware.threads`` says. Its device."""
     from harness.building import configure
 
     configure(hardware)
     if hardware.device == "cuda":
-        device = torch.device("cuda", rank % torch.cuda.device_count())
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-        if hardware.threads is None:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        return device
+    if hardware.threads is None:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return torch.device("cpu")
+
+
+def start(hardware: HardwareSpec, rank: int, world: int, init_method: str) -> Group:
+    """Join the process group as ``rank`` of ``world`` (one machine) with the hardware's
+    settings applied."""
+    device = rank_device(hardware, rank, world)
     backend = backend_of(hardware)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     return Group(rank, world, backend, device)
+
+
+# --- under torchrun ---------------------------------------------------------------------
+#
+# ``torchrun --standalone --nproc-per-node W -m harness.cli run SUITE --set hardware.devices=W``
+# starts the whole command W times. Rank 0 runs the suite as usual (the results lock, the
+# plan, the records); the others follow it: for every unit of devices W, rank 0 hands them
+# the unit and they train and sample it with it, until rank 0 says the suite is done. A
+# rank that raises ends its process, and torchrun stops the others; the next run resumes.
+
+FOLLOW_TIMEOUT = timedelta(days=7)  # followers wait for rank 0's next unit (single-device units run meanwhile)
+
+
+def torchrun_rank() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when this process is one of several a launcher such
+    as torchrun started (RANK and WORLD_SIZE in the environment), else None."""
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        return None
+    return (rank, world, local) if world > 1 else None
+
+
+def _join_torchrun() -> tuple[int, int, int]:
+    """Join the launcher's process group once per process (env:// rendezvous): gloo for
+    CPU tensors and the objects rank 0 hands out, nccl for CUDA tensors where there is CUDA."""
+    where = torchrun_rank()
+    if where is None:
+        raise RuntimeError("not started by torchrun (no RANK and WORLD_SIZE > 1 in the environment)")
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        dist.init_process_group(backend, timeout=FOLLOW_TIMEOUT)
+    return where
+
+
+def _unit_group(hardware: HardwareSpec, rank: int, world: int, local: int) -> Group:
+    return Group(rank, world, backend_of(hardware), rank_device(hardware, local, world))
+
+
+def lead_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], progress: bool,
+              concurrency: int) -> dict[str, int]:
+    """Rank 0 under torchrun: hand the unit to the other ranks and run it with them."""
+    from harness.unit import Summary, Unit, _error
+
+    rank, world, local = _join_torchrun()
+    try:
+        if world != job.hardware.devices:
+            raise RuntimeError(f"hardware.devices is {job.hardware.devices}, but torchrun started {world} "
+                               "processes: give --nproc-per-node (times nodes) equal to it")
+        check_devices(job.hardware)
+    except RuntimeError as err:
+        return _fail(Unit(results_dir, False, concurrency), evals, _error(err))
+    dist.broadcast_object_list([(str(results_dir), job, evals, concurrency)], src=0)
+    group = _unit_group(job.hardware, rank, world, local)
+    summary = Summary()
+    Unit(results_dir, progress, concurrency, group=group).run(job, evals, summary)
+    group.barrier()
+    return summary.counts
+
+
+def release_followers() -> None:
+    """Rank 0 under torchrun, at the end of a suite: the other ranks may exit."""
+    _join_torchrun()
+    dist.broadcast_object_list([None], src=0)
+
+
+def follow() -> None:
+    """A rank other than 0 under torchrun: run the units rank 0 hands out, until it says
+    the suite is done."""
+    from harness.unit import Summary, Unit
+
+    rank, world, local = _join_torchrun()
+    while True:
+        box: list[Any] = [None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return
+        results_dir, job, evals, concurrency = box[0]
+        group = _unit_group(job.hardware, rank, world, local)
+        Unit(Path(results_dir), False, concurrency, group=group).run(job, evals, Summary())
+        group.barrier()
 
 
 def _rank_main(rank: int, world: int, init_method: str, parent: int, results_dir: Path, job: TrainJob,
@@ -257,6 +349,8 @@ def run_unit(results_dir: Path, job: TrainJob, evals: list[EvalJob], progress: b
     with the cause."""
     from harness.unit import Unit, _error
 
+    if torchrun_rank() is not None:
+        return lead_unit(results_dir, job, evals, progress, concurrency)
     world = job.hardware.devices
     try:
         check_devices(job.hardware)

@@ -62,10 +62,19 @@ class Runner:
         ``rerun``: first delete the records, trained models and teacher pairs of every
         training the plan evaluates, so that they train and evaluate again. ``slurm``: run
         the units as submitit jobs (:mod:`harness.slurm`) instead of here."""
+        from harness import distributed
+
+        where = distributed.torchrun_rank()  # one of several processes torchrun started
+        if where is not None and where[0] != 0:
+            distributed.follow()  # rank 0 runs the suite; this rank trains and samples with it
+            return Summary()
         with lock_results(self.results_dir) as writable:
             if rerun and writable:
                 self._forget(plan)
-            return self._run(plan, workers, writable, origin, slurm)
+            summary = self._run(plan, workers, writable, origin, slurm)
+        if where is not None:  # (after an error this process ends, and torchrun stops the others)
+            distributed.release_followers()
+        return summary
 
     def _forget(self, plan: RunPlan) -> None:
         for job in plan.trainings:

@@ -6,8 +6,11 @@ suite trained and evaluated end to end."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +26,7 @@ from harness.interfaces import Batch
 from harness.plan import canonical, make_plan
 from harness.resolve import load_suite
 from harness.training import train
-from tests.conftest import SPECS, run_cli, write
+from tests.conftest import PROJECT, SPECS, run_cli, write
 
 SUITE = """name: ddp
 hardware: {name: cpu-ddp, extends: cpu, devices: DEVICES}
@@ -257,7 +260,8 @@ def test_two_ranks_sample_what_one_process_samples_exactly(tmp_path):
 @pytest.mark.slow
 def test_a_suite_trains_on_two_gloo_ranks_and_rank_0_writes_its_records(tmp_path):
     """I-CFM, and MeanFlow, whose loss sends torch.func.jvp's dual tensors through the
-    network (which the DistributedDataParallel wrapper refuses)."""
+    network (which the DistributedDataParallel wrapper refuses); spawned by the harness,
+    then launched by torchrun."""
     text = SUITE.replace("DEVICES", "2").replace(
         "methods: [{name: icfm-64, extends: icfm, batch_size: 64}]",
         "methods: [{name: icfm-64, extends: icfm, batch_size: 64}, {name: mf-64, extends: meanflow, batch_size: 64}]")
@@ -282,6 +286,18 @@ def test_a_suite_trains_on_two_gloo_ranks_and_rank_0_writes_its_records(tmp_path
     assert again.returncode == 0, again.stderr
     again_records = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in (out / "records").glob("*.json")}
     assert again_records["icfm-64"]["created"] == record["created"]
+    # the same suite under torchrun (rank 0 runs the suite, rank 1 follows it): the same records
+    launched = tmp_path / "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
+    env.pop("FLOWGAUGE_SPECS", None)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "harness.cli", "run", str(path), "--results", str(launched), "--no-progress"],
+                          check=False, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    theirs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (launched / "records").glob("*.json"))}
+    for method, ours in records.items():
+        assert theirs[method]["key"] == ours["key"] and theirs[method]["metrics"] == ours["metrics"]
+        assert theirs[method]["train"]["loss_curve"] == ours["train"]["loss_curve"]
 
 
 def test_a_rank_that_fails_fails_the_unit_with_its_cause(tmp_path):
