@@ -166,7 +166,8 @@ class Group:
     def describe(self) -> dict[str, Any]:
         return {"world_size": self.world, "backend": self.backend,
                 "method_noise": "per rank: rank 0 'method', rank r 'method/rank{r}'",
-                "batch_split": "contiguous slices of each global batch"}
+                "batch_split": "contiguous slices of each global batch",
+                "gradients": "averaged over the ranks after backward (one all_reduce)"}
 
 
 @contextlib.contextmanager

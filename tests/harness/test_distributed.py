@@ -206,6 +206,26 @@ def test_two_ranks_take_the_one_device_steps_on_the_same_global_batches(tmp_path
         assert s2 == s1 and l2 == pytest.approx(l1, rel=1e-5)
 
 
+def _average_rank(group: Group, hardware, out: str) -> None:
+    params = [torch.nn.Parameter(torch.zeros(3)) for _ in range(3)]
+    params[0].grad = torch.full((3,), float(group.rank + 1))  # every rank: the mean
+    if group.leader:
+        params[1].grad = torch.full((3,), 4.0)  # one rank: counted zero on the other
+    group.average_gradients(params)  # params[2]: no rank, stays None
+    if group.leader:
+        torch.save([None if p.grad is None else p.grad.clone() for p in params], out)
+
+
+def test_gradients_are_averaged_and_one_no_rank_computed_stays_none(tmp_path):
+    hardware = _plan(tmp_path, 2).suite.hardware
+    out = str(tmp_path / "grads.pt")
+    _spawn(_average_rank, hardware, hardware, out)
+    grads = torch.load(out)
+    torch.testing.assert_close(grads[0], torch.full((3,), 1.5))
+    torch.testing.assert_close(grads[1], torch.full((3,), 2.0))
+    assert grads[2] is None
+
+
 # --- the sharded evaluation ------------------------------------------------------------
 
 
