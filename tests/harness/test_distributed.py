@@ -338,3 +338,18 @@ def test_a_rank_that_fails_fails_the_unit_with_its_cause(tmp_path):
     assert summary.counts == {"failed": 1} and [r["status"] for r in records] == ["failed"]
     assert records[0]["error"].startswith("RankFailed: rank 0 of 2")
     assert "has no trained model" in records[0]["error"]
+
+
+@pytest.mark.slow
+def test_ranks_agree_on_when_a_time_budget_ends(tmp_path):
+    """Each rank's clock differs; they stop at the slowest one's, at the same step (a rank
+    that stopped alone would leave the others waiting in a collective: the timeout says)."""
+    from tests.conftest import run_cli_process
+
+    text = SUITE.replace("DEVICES", "2").replace("train: {steps: 6, log_every: 3}", "train: {seconds: 1, log_every: 7}")
+    path = write(tmp_path / "suite.yaml", text)
+    done = run_cli_process("run", str(path), "--results", str(tmp_path / "out"), "--no-progress", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(next((tmp_path / "out" / "records").glob("*.json")).read_text())
+    assert record["status"] == "ok" and record["train"]["stopped_by"] == "seconds"
+    assert record["train"]["wall_s"] < 2.0 and record["train"]["steps"] > 1
