@@ -216,6 +216,7 @@ def _average_rank(group: Group, hardware, out: str) -> None:
         torch.save([None if p.grad is None else p.grad.clone() for p in params], out)
 
 
+@pytest.mark.slow
 def test_gradients_are_averaged_and_one_no_rank_computed_stays_none(tmp_path):
     hardware = _plan(tmp_path, 2).suite.hardware
     out = str(tmp_path / "grads.pt")
@@ -320,6 +321,7 @@ def test_a_suite_trains_on_two_gloo_ranks_and_rank_0_writes_its_records(tmp_path
         assert theirs[method]["train"]["loss_curve"] == ours["train"]["loss_curve"]
 
 
+@pytest.mark.slow
 def test_a_rank_that_fails_fails_the_unit_with_its_cause(tmp_path):
     """Rank 0 raises before training (a student whose teacher has no model): the other
     rank, waiting for it, is stopped, and the records say which rank failed and why."""
