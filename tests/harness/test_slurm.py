@@ -354,7 +354,7 @@ def test_ctrl_c_cancels_the_jobs_in_flight(tmp_path):
     while _tasks(out / "slurm") & tasks:
         assert time.monotonic() < deadline, f"tasks left running: {_tasks(out / 'slurm')}"
         time.sleep(0.2)
-    assert not read_records(out)
+    assert not (records := read_records(out)), [(r["status"], r["error"]) for r in records]
 
 
 # --- submitit's real Slurm path, against a stand-in for Slurm's commands --------------------
