@@ -23,7 +23,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 LIST_KINDS = ("methods", "datasets", "samplers", "metrics", "suites", "hardware", "solvers", "networks",
               "optimizers")
-EXECUTORS = ("inline", "process", "slurm", "slurm-local")
+EXECUTORS = ("auto", "inline", "process", "slurm", "slurm-local")
 FORMATS = ("markdown", "latex", "html", "csv", "json")  # harness.leaderboard.FORMATS, without its imports
 FORMAT_HELP = ("markdown (default), latex (booktabs), html, csv, or json: the table model with raw numbers, "
                "a versioned document for other tools (see harness/table_json.py)")
@@ -91,10 +91,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="train and evaluate again instead of reusing finished records and trained models (with "
                           "--only: the selected runs; their teachers' models are reused unless selected too)")
     run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                     help="run up to N trainings at once in local worker processes (default 1: inline); "
-                          "timings then share the machine, which records note")
+                     help="run up to N trainings at once in local worker processes (default: one per core when "
+                          "two or more trainings have work, on CPU; see --executor); timings then share the machine, "
+                          "which records note")
     run.add_argument("--executor", choices=EXECUTORS, default=None,
-                     help="where the trainings run: inline (in this process; the default), process (local worker "
+                     help="where the trainings run: auto (the default, or $FLOWGAUGE_EXECUTOR: process with one "
+                          "worker per core when two or more CPU trainings have work, else inline), inline (one after "
+                          "another in this process), process (local worker "
                           "processes, --workers of them, default one per core), slurm (submitit job arrays on a "
                           "Slurm cluster) or slurm-local (the slurm path through submitit's local jobs on this "
                           "machine)")
@@ -214,8 +217,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     all_keys = set(plan.record_keys)
     if args.only:
         plan = select(plan, args.only)
+    how = ""
+    if workers is None:
+        workers, how = auto_workers(plan, suite.hardware, results, args.rerun)
+        how = f", {how}"
     print(f"suite {suite.name}: {len(plan.trainings)} trainings, {plan.num_evals} evaluations "
-          f"on {suite.hardware.name} ({suite.hardware.device}) -> {results}", file=sys.stderr)
+          f"on {suite.hardware.name} ({suite.hardware.device}){how} -> {results}", file=sys.stderr)
     if args.estimate is not None:
         from harness.estimate import estimate
 
@@ -264,13 +271,47 @@ def _origin(args: argparse.Namespace) -> dict:
             "specs": str(root.resolve()) if root is not None else None}
 
 
-def _executor(args: argparse.Namespace, suite, results: Path) -> tuple[int, object]:
+EXECUTOR_ENV = "FLOWGAUGE_EXECUTOR"  # the default executor when --executor and --workers are not given
+
+
+def default_executor() -> str:
+    """``$FLOWGAUGE_EXECUTOR`` (auto, inline or process), else auto."""
+    from harness.errors import SpecError
+
+    value = os.environ.get(EXECUTOR_ENV, "auto") or "auto"
+    if value not in ("auto", "inline", "process"):
+        raise SpecError(f"${EXECUTOR_ENV}={value!r}: expected auto, inline or process")
+    return value
+
+
+def auto_workers(plan, hardware, results: Path, rerun: bool = False) -> tuple[int, str]:
+    """(worker processes, why) of the default executor: on CPU, one worker per core this
+    process may use, up to the trainings that still have work in ``results``, when that is
+    two or more (each worker's null ``threads`` then takes its share of the cores,
+    harness.threads); otherwise inline. A GPU or multi-device run stays inline."""
+    from harness.results import final_keys
+    from harness.threads import available_cores
+
+    if hardware.device != "cpu" or hardware.devices > 1:
+        return 1, "inline, the default off a single CPU"
+    done = final_keys(results) if (results / "records").is_dir() and not rerun else set()
+    todo = sum(1 for job in plan.trainings if any(e.key not in done for e in plan.evals[job.key]))
+    cores = available_cores()
+    workers = min(cores, todo)
+    if workers < 2:
+        return 1, "inline"
+    return workers, (f"{workers} worker processes, the default on {cores} cores (timings share the machine; "
+                     "--executor inline runs one at a time)")
+
+
+def _executor(args: argparse.Namespace, suite, results: Path) -> tuple[int | None, object]:
     """(worker processes, the slurm executor or None) that ``run``'s options ask for:
-    ``--executor`` (default: process when ``--workers`` N > 1, else inline), checked
+    ``--executor`` (default: process when ``--workers`` N > 1, else ``default_executor()``;
+    workers None for auto, which :func:`auto_workers` decides once the plan is known), checked
     against the options that go with each."""
     from harness.errors import SpecError
 
-    kind = args.executor or ("process" if (args.workers or 1) > 1 else "inline")
+    kind = args.executor or ("process" if (args.workers or 1) > 1 else default_executor())
     if args.executor is not None and args.workers is not None and kind != "process":
         raise SpecError(f"--workers goes with --executor process, not {kind}")
     slurm_flags = [flag for flag, value in _slurm_flags(args).items() if value not in (None, [], False)]
@@ -280,6 +321,8 @@ def _executor(args: argparse.Namespace, suite, results: Path) -> tuple[int, obje
         return args.workers or os.cpu_count() or 1, None
     if kind == "inline":
         return 1, None
+    if kind == "auto":
+        return None, None  # decided by auto_workers once the plan is known
     try:
         import submitit  # noqa: F401
     except ImportError:

@@ -12,8 +12,9 @@ has the machine to itself, and wrong in two common cases measured here (2-core V
   per core, N times oversubscribing it.
 
 So on CPU a null ``threads`` becomes the cores this run may use (the CPUs this process may
-run on, divided among the runs sharing them) less the busy pairing threads, and at least
-one. The choice and its reason are recorded with every record
+run on, divided among the runs sharing them, and no more than ``OMP_NUM_THREADS`` where the
+environment sets it, as torch's own default honours it) less the busy pairing threads, and
+at least one. The choice and its reason are recorded with every record
 (``environment.threads``, ``environment.threads_choice``). On CUDA torch's default stays.
 
 A thread count can change a convolution's floating-point sums (a U-Net's weights after 10
@@ -38,6 +39,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def omp_limit() -> int | None:
+    """``OMP_NUM_THREADS`` when the environment sets it to a positive integer."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
 def pairing_threads(hardware: Any, method: Any) -> int:
     """Threads that prepare batches beside the training step (see ``training.PreparedBatches``)."""
     costly = getattr(method, "prepare", None) is not None and getattr(method, "prefetch", False)
@@ -52,9 +62,12 @@ def choose_threads(hardware: Any, method: Any, concurrency: int = 1, cores: int 
         return None, f"torch's default on {hardware.device}"
     cores = available_cores() if cores is None else cores
     share = max(1, cores // max(1, concurrency))
+    why = f"auto: {cores} cores / {concurrency} run(s) at once = {share}"
+    if (limit := omp_limit()) is not None and limit < share:
+        share = limit
+        why += f", OMP_NUM_THREADS={limit}"
     pairing = pairing_threads(hardware, method)
     threads = max(1, share - pairing)
-    why = f"auto: {cores} cores / {concurrency} run(s) at once = {share}"
     if pairing:
         why += f", less {pairing} pairing thread(s)"
     return threads, f"{why} -> {threads}"

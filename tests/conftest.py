@@ -24,6 +24,9 @@ import implementations  # noqa: F401  registers methods, datasets, solvers, netw
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the subprocesses tests start
+# Runs without --executor/--workers go inline in tests (the CLI's default, auto, would start
+# worker processes beside pytest's own); tests/harness/test_threads.py tests auto itself.
+os.environ["FLOWGAUGE_EXECUTOR"] = "inline"
 
 PROJECT = Path(__file__).resolve().parent.parent
 SPECS = PROJECT / "specs"
