@@ -46,6 +46,18 @@ class Built:
 
 
 
+def set_deterministic(mode: bool, compiled: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=True)``. That function also sets
+    the flag in inductor's config, and importing inductor for it costs 1.5 s of every
+    process's start here (a third of the quickstart's per-training overhead); a run that
+    compiles nothing needs only the eager flag, which is set directly."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if compiled or setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        setter(mode, warn_only=True)
+
+
 def configure(hardware: HardwareSpec) -> torch.device:
     """Apply every hardware field that acts process-wide; returns the device."""
     if hardware.device == "cuda" and not torch.cuda.is_available():
@@ -54,7 +66,7 @@ def configure(hardware: HardwareSpec) -> torch.device:
         torch.set_num_threads(hardware.threads)
     if hardware.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(hardware.deterministic, warn_only=True)
+    set_deterministic(hardware.deterministic, compiled=hardware.compile)
     torch.backends.cudnn.deterministic = hardware.deterministic
     torch.backends.cudnn.benchmark = not hardware.deterministic
     if hardware.tf32 is not None:

@@ -144,7 +144,8 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray) -> float:
     """Median heuristic: the median pairwise distance in the pooled sample (i ≠ j)."""
     from scipy.spatial.distance import pdist
 
-    return float(np.sqrt(np.median(pdist(np.concatenate([x, y]), "sqeuclidean"))))
+    # pdist's array is ours: the median may partition it in place instead of copying it
+    return float(np.sqrt(np.median(pdist(np.concatenate([x, y]), "sqeuclidean"), overwrite_input=True)))
 
 
 def mmd_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
