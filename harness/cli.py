@@ -241,6 +241,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     origin = _origin(args)
     summary = Runner(results, progress=not args.no_progress).run(plan, workers=workers, origin=origin,
                                                              rerun=args.rerun, slurm=slurm)
+    from harness.distributed import torchrun_rank
+
+    if (where := torchrun_rank()) is not None and where[0] != 0:
+        return 0  # a rank that followed rank 0 under torchrun: rank 0 prints the tables
     from harness.results import stale_records
 
     stale = stale_records(results, all_keys)

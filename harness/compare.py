@@ -45,7 +45,7 @@ NOISE_FORMAT = "flowgauge.noise"
 DEFAULT_QUALITY = Tolerance(relative=0.01)  # 1 %: below what any table here would report as a change
 DEFAULT_TIMING = Tolerance(relative=0.10)   # asv's default factor, 1.1
 ENVIRONMENT_HARDWARE = ("cpu", "cpu_count", "device", "gpu", "gpu_name", "cuda_device")
-SPEC_HARDWARE = ("device", "dtype", "threads", "compile", "autocast")
+SPEC_HARDWARE = ("device", "devices", "dtype", "threads", "compile", "autocast")
 MAX_LISTED = 30  # differences listed per kind before "and N more"
 
 

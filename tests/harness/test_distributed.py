@@ -315,6 +315,7 @@ def test_a_suite_trains_on_two_gloo_ranks_and_rank_0_writes_its_records(tmp_path
                            "-m", "harness.cli", "run", str(path), "--results", str(launched), "--no-progress"],
                           check=False, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("(ranked by") == 1, done.stdout  # rank 0 alone prints the table
     theirs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (launched / "records").glob("*.json"))}
     for method, ours in records.items():
         assert theirs[method]["key"] == ours["key"] and theirs[method]["metrics"] == ours["metrics"]
