@@ -14,6 +14,7 @@ evaluations), which the executors run.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,23 @@ class Runner:
             distributed.release_followers()
         return summary
 
+    def _elsewhere(self, plan: RunPlan, jobs: list[TrainJob], where: str, summary: Summary,
+                   execute: Callable[[Callable[[TrainJob, dict[str, int]], None]], None]) -> Summary:
+        """Run ``jobs`` through an executor (``execute(done)``, which calls ``done(job,
+        counts)`` in this process as each unit finishes), with a progress bar of units."""
+        bar = tqdm(total=len(jobs), desc=f"suite {plan.suite.name} ({where})", unit="run", disable=not self.progress)
+
+        def done(job: TrainJob, counts: dict[str, int]) -> None:
+            summary.merge(counts)
+            bar.set_postfix_str(job.label)
+            bar.update()
+
+        try:
+            execute(done)
+        finally:
+            bar.close()
+        return summary
+
     def _forget(self, plan: RunPlan) -> None:
         for job in plan.trainings:
             if not plan.evals[job.key]:
@@ -124,35 +142,13 @@ class Runner:
             from harness.slurm import run_in_slurm
 
             where = "local jobs" if slurm.cluster == "local" else "slurm"
-            bar = tqdm(total=len(jobs), desc=f"suite {plan.suite.name} ({where})", unit="run",
-                       disable=not self.progress)
-
-            def slurm_unit_finished(job: TrainJob, counts: dict[str, int]) -> None:
-                summary.merge(counts)
-                bar.set_postfix_str(job.label)
-                bar.update()
-
-            try:
-                run_in_slurm(self.results_dir, jobs, pending, slurm, slurm_unit_finished)
-            finally:
-                bar.close()
-            return summary
+            return self._elsewhere(plan, jobs, where, summary,
+                                   lambda done: run_in_slurm(self.results_dir, jobs, pending, slurm, done))
         if workers > 1 and len(jobs) > 1:
             from harness.executors import run_in_processes
 
-            bar = tqdm(total=len(jobs), desc=f"suite {plan.suite.name} ({workers} workers)", unit="run",
-                       disable=not self.progress)
-
-            def unit_finished(job: TrainJob, counts: dict[str, int]) -> None:
-                summary.merge(counts)
-                bar.set_postfix_str(job.label)
-                bar.update()
-
-            try:
-                run_in_processes(self.results_dir, jobs, pending, workers, unit_finished)
-            finally:
-                bar.close()
-            return summary
+            return self._elsewhere(plan, jobs, f"{workers} workers", summary,
+                                   lambda done: run_in_processes(self.results_dir, jobs, pending, workers, done))
         bar = tqdm(jobs, desc=f"suite {plan.suite.name}", unit="run", disable=not self.progress)
         for job in bar:
             bar.set_postfix_str(job.label)
