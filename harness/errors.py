@@ -54,3 +54,26 @@ class StorageError(Exception):
     """The results directory cannot take a write (full disk, read-only, not a folder, no
     permission). Not a run's failure: the suite stops, finished records are kept, and the
     CLI prints one line and exits 2."""
+
+
+_cancelled = False  # set by cancel_on_sigint's handler: this task was cancelled
+
+
+def cancel_on_sigint() -> None:
+    """In a task that its driver cancels with SIGINT (submitit's local jobs): remember the
+    cancellation, so that an error it causes later (an import it cut short leaves a module
+    half initialised, and the next import of it fails) is not recorded as a failed run.
+    Torch-free, so that a task installs it before importing anything heavy."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        global _cancelled
+        _cancelled = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
+def cancelled() -> bool:
+    """Whether this process's task has been cancelled (see :func:`cancel_on_sigint`)."""
+    return _cancelled

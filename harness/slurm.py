@@ -103,6 +103,9 @@ def unit_task(results_dir: Path, job: TrainJob, evals: list[EvalJob], defer: Seq
               concurrency: int) -> Counts:
     """Train (or load) ``job`` and evaluate ``evals``, leaving those in ``defer`` to shard
     tasks and a merge unless the training does not end ok; the counts of the records written."""
+    from harness.errors import cancel_on_sigint
+
+    cancel_on_sigint()
     _load_registries()
     from harness.unit import Summary, Unit
 
@@ -116,6 +119,9 @@ def unit_task(results_dir: Path, job: TrainJob, evals: list[EvalJob], defer: Seq
 
 def shard_task(results_dir: Path, job: TrainJob, evaluation: EvalJob, index: int, concurrency: int) -> Counts:
     """Sample shard ``index`` of ``evaluation`` with ``job``'s trained model and save it."""
+    from harness.errors import cancel_on_sigint
+
+    cancel_on_sigint()
     _load_registries()
     from harness.building import build, configure, for_evaluation
     from harness.evaluation import evaluate_shards

@@ -24,7 +24,7 @@ from harness.building import Built, autocast, build, configure, for_evaluation
 from harness.codeversion import record_code
 from harness.distributed import leader_first
 from harness.environment import environment
-from harness.errors import StorageError
+from harness.errors import StorageError, cancelled
 from harness.evaluation import evaluate
 from harness.interfaces import Solution
 from harness.limits import MAX_PATH_VALUES
@@ -215,6 +215,10 @@ class Unit:
 
     def write(self, job: EvalJob, status: str, metrics: dict, measurements: dict, train_stats: dict,
                error: str | None = None, artefacts: dict | None = None) -> None:
+        if status == "failed" and cancelled():
+            # the failure is the cancellation's doing (e.g. an import it cut short): no record,
+            # so the next run redoes this one
+            raise KeyboardInterrupt(f"cancelled; {job.label} is left for the next run")
         if not self.writes:
             return
         record = {

@@ -410,3 +410,18 @@ def test_ctrl_c_scancels_the_slurm_jobs_in_flight(tmp_path, fake_slurm):
         assert time.monotonic() < deadline, "tasks left running"
         time.sleep(0.2)
     assert not read_records(tmp_path / "r")
+
+
+def test_a_cancelled_task_writes_no_failed_record(tmp_path, monkeypatch):
+    """A failure after the driver's SIGINT (an import it cut short fails on its next try)
+    is the cancellation's doing: no failed record, so the next run redoes the run."""
+    from types import SimpleNamespace
+
+    import harness.errors
+    from harness.unit import Unit
+
+    monkeypatch.setattr(harness.errors, "_cancelled", True)
+    job = SimpleNamespace(label="moons/icfm/seed0/euler-1")
+    with pytest.raises(KeyboardInterrupt, match="left for the next run"):
+        Unit(tmp_path).write(job, "failed", {}, {}, {}, error="ImportError: partially initialized module")
+    assert not (tmp_path / "records").exists()
