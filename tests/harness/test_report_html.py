@@ -312,3 +312,26 @@ def test_the_page_renders_in_a_headless_browser(built, tmp_path):
     assert rows["reproduce"] == (len(METHODS) * len(SEEDS), True)
     assert rows["setup-methods"][0] == len(METHODS)
     assert SCRIPT in probe["text"] and INJECTED in probe["text"]  # shown as the characters they are
+
+
+def test_a_large_png_is_inlined_with_a_palette(tmp_path):
+    """A plot PNG over 1 MiB (a grid of many sample scatters) is inlined as a 256-colour
+    palette PNG of the same size in pixels, and smaller."""
+    import io
+
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from harness import htmldoc
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, size=(40, 3), dtype=np.uint8)  # few colours, as a plot has
+    pixels = colours[rng.integers(0, 40, size=(900, 900))]
+    path = tmp_path / "big.png"
+    PILImage.fromarray(pixels, "RGB").save(path, format="PNG", compress_level=0)
+    assert path.stat().st_size > htmldoc.PALETTE_ABOVE
+    image = htmldoc.Image.from_file(path, "big")
+    assert len(image.data) < path.stat().st_size
+    with PILImage.open(io.BytesIO(image.data)) as decoded:
+        assert decoded.size == (900, 900) and decoded.mode == "P"
+        assert np.array_equal(np.asarray(decoded.convert("RGB")), pixels)  # 40 colours: lossless
