@@ -7,7 +7,9 @@ higher is better, or nearer a target):
 
 - **Quality metrics and counts** (w2, FID, NFE, ...): per-seed differences candidate −
   baseline, oriented so that positive is worse, paired by seed (paired t, ``statistics``);
-  with one seed there is no interval, so no change can be significant.
+  with one seed there is no interval, so no change can be significant. A run whose seeds
+  do not overlap at all between the folders is compared unpaired (Welch's t on the two
+  means); some seeds of the baseline missing from the candidate is a missing run.
 - **Timings and memory** (latency, throughput, training time and rate, memory): per-seed
   log ratios candidate / baseline, shown as a ratio with its interval, and compared only
   between records measured on the same hardware. A timing that either side took while
@@ -37,7 +39,7 @@ from typing import Any
 from harness.leaderboard import TIMING_NEEDS, _flatten, badness, format_mean_std
 from harness.metrics import METRICS
 from harness.spec import GateSpec, Tolerance
-from harness.statistics import Interval, Summary, paired_difference, summarize
+from harness.statistics import Interval, Summary, mean_difference, paired_difference, summarize
 
 EXIT_OK, EXIT_REGRESSED, EXIT_CANNOT_COMPARE = 0, 1, 2
 VERDICTS = ("regressed", "improved", "not significant", "under load", "unchanged")
@@ -342,19 +344,38 @@ def compare(baseline: Path, candidate: Path, gate: GateSpec | None = None, noise
     base_records, cand_records = _records(baseline), _records(candidate)
     out = Comparison(baseline, candidate, k=gate.k, noise_source=noise_source)
     out.notes.append(f"baseline commit {_commit(base_records)}; candidate commit {_commit(cand_records)}")
-    missing = sorted(set(base_records) - set(cand_records))
+    unpaired = _disjoint_seeds(base_records, cand_records)
+    missing = sorted(i for i in set(base_records) - set(cand_records) if i[:3] not in unpaired)
     if missing:
         shown = ", ".join(_label(i) for i in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         out.problems.append(f"{len(missing)} run(s) of the baseline are not in the candidate: {shown}")
-    out.new_runs = [_label(i) for i in sorted(set(cand_records) - set(base_records))]
+    out.new_runs = [_label(i) for i in sorted(set(cand_records) - set(base_records)) if i[:3] not in unpaired]
     matched = sorted(set(base_records) & set(cand_records))
     out.matched = len(matched)
-    if not matched:
+    if unpaired:
+        out.notes.append(f"{len(unpaired)} (dataset, method, sampler) ran other seeds in the candidate than in the "
+                         "baseline: compared unpaired (Welch's t on the two means)")
+    if not matched and not unpaired:
         out.problems.append("no run of the baseline is in the candidate (dataset/method/sampler/seed)")
         return out
 
     noise_metrics = (noise or {}).get("metrics") or {}
     groups: dict[tuple[str, str, str, str], dict[int, tuple[dict, dict]]] = {}
+    for run, (bases, cands) in sorted(unpaired.items()):
+        out.problems += _protocol_problems("/".join(run), bases[0], cands[0])
+        ok_b, ok_c = [r for r in bases if r.get("status") == "ok"], [r for r in cands if r.get("status") == "ok"]
+        if len(ok_c) < len(cands) and ok_b:
+            out.changes.append(Change(*run, "status", False, None, None, None, None, 0.0, "–", "regressed",
+                                      note=f"{len(cands) - len(ok_c)} of {len(cands)} candidate seeds did not end ok"))
+        if not ok_b or not ok_c:
+            continue
+        for metric in (m for m in (ok_b[0].get("metrics") or {}) if m in (ok_c[0].get("metrics") or {})):
+            if (metrics is not None and metric not in metrics) or is_timing(metric):
+                continue  # timings are compared only paired, on matching hardware
+            if (problem := _metric_problem(metric, ok_b[0], ok_c[0])) is not None:
+                out.problems.append(f"{'/'.join(run)}: {problem}")
+                continue
+            out.changes.append(_unpaired_change(run, metric, ok_b, ok_c, gate, noise_metrics))
     hardware_differs: set[str] = set()
     for ident in matched:
         base, cand = base_records[ident], cand_records[ident]
@@ -413,6 +434,33 @@ def compare(baseline: Path, candidate: Path, gate: GateSpec | None = None, noise
                                   interval, limit, threshold.describe(timing), verdict, note))
     out.differences = _what_changed([(base_records[i], cand_records[i]) for i in matched])
     return out
+
+
+def _disjoint_seeds(base: dict[tuple, dict], cand: dict[tuple, dict]) -> dict[tuple, tuple[list[dict], list[dict]]]:
+    """(dataset, method, sampler) that both folders ran, on seeds that do not overlap: no
+    pairing is possible, and a different seed set is a design, not a missing run."""
+    runs: dict[tuple, tuple[list[dict], list[dict]]] = {}
+    for records, side in ((base, 0), (cand, 1)):
+        for ident, record in records.items():
+            runs.setdefault(ident[:3], ([], []))[side].append(record)
+    return {run: (b, c) for run, (b, c) in runs.items()
+            if b and c and not {r["seed"] for r in b} & {r["seed"] for r in c}}
+
+
+def _unpaired_change(run: tuple, metric: str, bases: list[dict], cands: list[dict], gate: GateSpec,
+                     noise_metrics: dict) -> Change:
+    """One metric of a run whose seeds differ between the two folders: the difference of
+    the oriented means and its Welch t interval (``statistics.mean_difference``)."""
+    b = [v for r in bases if (v := _metric_value(r, metric)) is not None and math.isfinite(v)]
+    c = [v for r in cands if (v := _metric_value(r, metric)) is not None and math.isfinite(v)]
+    base_summary, cand_summary = summarize(b), summarize(c)
+    sb, sc = summarize([badness(metric, v) for v in b]), summarize([badness(metric, v) for v in c])
+    estimate = sc.mean - sb.mean
+    interval = mean_difference(sc, sb.mean, sb.std, sb.n) if sb.std is not None else None
+    threshold = Threshold(tolerance_for(metric, gate), (noise_metrics.get(metric) or {}).get("noise"), gate.k)
+    limit = threshold.value(False, base_summary.mean)
+    return Change(*run, metric, False, base_summary, cand_summary, estimate, interval, limit,
+                  threshold.describe(False), _verdict(estimate, interval, limit, False), "unpaired seeds")
 
 
 # rendering -------------------------------------------------------------------------------

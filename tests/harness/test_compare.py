@@ -279,3 +279,27 @@ def test_calibrate_runs_the_suite_again_and_an_unchanged_rerun_passes(tmp_path, 
     # the repeat, compared with the baseline through the command, passes with the noise file found
     assert main(["compare", str(out), str(out / "calibration" / "repeat-2")]) == 0
     assert f"from `{out / 'noise.json'}`" in capsys.readouterr().out
+
+
+def test_other_seeds_are_compared_unpaired_with_welch(tmp_path):
+    """A candidate that ran seeds 3-5 where the baseline ran 0-2: nothing to pair, so the two
+    means are compared with Welch's t; a timing is not compared without pairs."""
+    import statistics
+
+    from harness.statistics import mean_difference, summarize
+
+    a = results(tmp_path, "a")
+    worse = {3: 0.55, 4: 0.58, 5: 0.56}
+    b = write(tmp_path / "b", [record("fm", "euler-8", s, v) for s, v in worse.items()])
+    result = compare(a, b, GATE)
+    assert result.problems == [] and result.new_runs == [] and result.exit_status == 1
+    change = only(result, "w2")
+    assert change.verdict == "regressed" and change.note == "unpaired seeds"
+    assert change.estimate == pytest.approx(statistics.mean(worse.values()) - statistics.mean(BASE_W2.values()))
+    base = summarize(list(BASE_W2.values()))
+    expected = mean_difference(summarize(list(worse.values())), base.mean, base.std, base.n)
+    assert (change.interval.low, change.interval.high) == pytest.approx((expected.low, expected.high))
+    assert change.interval.test.startswith("Welch t")
+    assert not [c for c in result.changes if c.metric == "latency"]
+    same = write(tmp_path / "c", [record("fm", "euler-8", s + 3, BASE_W2[s]) for s in SEEDS])
+    assert compare(a, same, GATE).exit_status == 0
