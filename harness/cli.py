@@ -318,6 +318,14 @@ def _executor(args: argparse.Namespace, suite, results: Path) -> tuple[int | Non
     kind = args.executor or ("process" if (args.workers or 1) > 1 else default_executor())
     if args.executor is not None and args.workers is not None and kind != "process":
         raise SpecError(f"--workers goes with --executor process, not {kind}")
+    from harness.distributed import torchrun_rank
+
+    if torchrun_rank() is not None:  # torchrun started this process: its ranks run the units together
+        if kind not in ("inline", "auto"):
+            what = f"--workers {args.workers}" if args.workers and args.executor is None else f"--executor {kind}"
+            raise SpecError(f"{what}: under torchrun the suite runs inline (torchrun's ranks train each unit "
+                            "together); leave out --executor and --workers")
+        kind = "inline"
     slurm_flags = [flag for flag, value in _slurm_flags(args).items() if value not in (None, [], False)]
     if slurm_flags and kind not in ("slurm", "slurm-local"):
         raise SpecError(f"{slurm_flags[0]} goes with --executor slurm or slurm-local, not {kind}")

@@ -356,3 +356,17 @@ def test_ranks_agree_on_when_a_time_budget_ends(tmp_path):
     record = json.loads(next((tmp_path / "out" / "records").glob("*.json")).read_text())
     assert record["status"] == "ok" and record["train"]["stopped_by"] == "seconds"
     assert record["train"]["wall_s"] < 2.0 and record["train"]["steps"] > 1
+
+
+def test_under_torchrun_the_suite_runs_inline(tmp_path, monkeypatch):
+    """Worker processes or Slurm tasks under torchrun would break its ranks' lockstep: refused
+    with one line; the default (auto) becomes inline."""
+    path = write(tmp_path / "suite.yaml", SUITE.replace("DEVICES", "2"))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for flags, named in ((["--workers", "2"], "--workers 2"), (["--executor", "process"], "--executor process")):
+        result = run_cli("run", str(path), "--dry-run", *flags)
+        assert result.returncode == 2 and f"{named}: under torchrun the suite runs inline" in result.stderr
+    monkeypatch.delenv("FLOWGAUGE_EXECUTOR")  # auto
+    result = run_cli("run", str(path), "--dry-run")
+    assert result.returncode == 0 and "worker processes" not in result.stderr
