@@ -163,7 +163,7 @@ class Comparison:
 
 # reading ---------------------------------------------------------------------------------
 
-def _identity(record: dict) -> tuple[str, str, str, int]:
+def run_identity(record: dict) -> tuple[str, str, str, int]:
     return record["dataset"], record["method"], record["sampler"], int(record["seed"])
 
 
@@ -179,7 +179,7 @@ def _records(results_dir: Path) -> dict[tuple, dict]:
     if not (results_dir / "records").is_dir():
         raise SpecError(f"no records folder in {results_dir} (expected {results_dir / 'records'}/*.json)")
     records, _ = suite_records(results_dir)
-    return {_identity(r): r for r in records}
+    return {run_identity(r): r for r in records}
 
 
 def read_noise(path: Path) -> dict:
@@ -254,7 +254,9 @@ def _metric_value(record: dict, metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _busy(record: dict, metric: str) -> bool:
+def timed_under_load(record: dict, metric: str) -> bool:
+    """Whether the timing behind ``metric`` (the training's or the evaluation's) was taken
+    on a busy machine (``measure.OtherLoad``)."""
     from harness.measure import busy_timing
 
     part = record.get("train") if is_training_metric(metric) else record.get("measurements")
@@ -419,7 +421,7 @@ def compare(baseline: Path, candidate: Path, gate: GateSpec | None = None, noise
             if b is None or c is None:
                 continue
             pairs[seed] = (b, c)
-            under_load = under_load or (timing and (_busy(base, metric) or _busy(cand, metric)))
+            under_load = under_load or (timing and (timed_under_load(base, metric) or timed_under_load(cand, metric)))
         if not pairs:
             continue
         estimate, interval = _interval(pairs, metric, timing)

@@ -27,8 +27,7 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.compare import NOISE_FORMAT, _identity, compare, is_timing, is_training_metric
-from harness.measure import busy_timing
+from harness.compare import NOISE_FORMAT, compare, is_timing, run_identity, timed_under_load
 from harness.spec import GateSpec
 from harness.statistics import root_mean_square
 
@@ -58,7 +57,7 @@ def measure_noise(dirs: list[Path]) -> dict:
     runs: list[dict[tuple, dict]] = []
     for d in dirs:
         records, _ = suite_records(d)
-        runs.append({_identity(r): r for r in records if r.get("status") == "ok"})
+        runs.append({run_identity(r): r for r in records if r.get("status") == "ok"})
     shared = set.intersection(*(set(r) for r in runs)) if runs else set()
     per_metric: dict[str, list[float]] = {}
     busy: dict[str, int] = {}
@@ -71,8 +70,7 @@ def measure_noise(dirs: list[Path]) -> dict:
                 v = (record.get("metrics") or {}).get(metric)
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     values.append(float(v))
-                part = record.get("train") if is_training_metric(metric) else record.get("measurements")
-                if is_timing(metric) and busy_timing((part or {}).get("load")):
+                if is_timing(metric) and timed_under_load(record, metric):
                     busy[metric] = busy.get(metric, 0) + 1
             if len(values) < len(runs):
                 continue
